@@ -1,0 +1,159 @@
+"""ViT model: parameter counts against the original library, shapes, options, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import models
+from helpers import randomize
+
+# Parameter counts of the original library at 224 px with 1000 classes.
+ORIGINAL_COUNTS = {
+    'ViT-Ti_16': 5_717_416, 'ViT-S_16': 22_050_664, 'ViT-S_32': 22_878_952,
+    'ViT-B_16': 86_567_656, 'ViT-B_32': 88_224_232, 'ViT-B_8': 86_576_872,
+    'ViT-L_16': 304_326_632, 'ViT-L_32': 306_535_400, 'ViT-H_14': 632_045_800,
+    'ViT-S_16-gap': 22_049_896, 'ViT-B_16-gap': 86_566_120,
+}
+
+
+def count_params(model, size=224):
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+
+
+@pytest.mark.parametrize('name', sorted(ORIGINAL_COUNTS))
+def test_parameter_count_equals_original(name):
+  assert count_params(models.get_model(name, num_classes=1000)) == ORIGINAL_COUNTS[name]
+
+
+def test_every_vit_zoo_entry_builds_with_original_api():
+  for name, config in models.MODEL_CONFIGS.items():
+    if models.MODEL_FAMILIES[name] != 'vit' or config.get('resnet') is not None:
+      continue
+    model = models.VisionTransformer(num_classes=10, **config)
+    assert count_params(model, size=config.patches.size[0] * 2) > 0, name
+
+
+def _tiny(**overrides):
+  kw = dict(patches={'size': (4, 4)}, hidden_size=32,
+            transformer={'num_layers': 2, 'mlp_dim': 64, 'num_heads': 4})
+  for key, value in overrides.items():
+    if isinstance(value, dict) and key in kw:
+      kw[key] = {**kw[key], **value}
+    else:
+      kw[key] = value
+  return models.get_model('ViT-Ti_16', num_classes=7, **kw)
+
+
+def test_checkpoint_names_and_shapes_follow_original_layout():
+  model = _tiny()
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  block = params['Transformer']['encoderblock_1']
+  assert set(block) == {'LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2',
+                        'MlpBlock_3'}
+  mha = block['MultiHeadDotProductAttention_1']
+  assert mha['query']['kernel'].shape == (32, 4, 8)
+  assert mha['query']['bias'].shape == (4, 8)
+  assert mha['out']['kernel'].shape == (4, 8, 32)
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
+  assert params['cls'].shape == (1, 1, 32)
+  assert params['embedding']['kernel'].shape == (4, 4, 3, 32)
+  assert not np.any(params['head']['kernel'])  # Zero-initialised head, as the original.
+
+
+@pytest.mark.parametrize('classifier,prefix', [('token', 1), ('gap', 0), ('map', 0)])
+def test_pooling_variants(classifier, prefix):
+  model = _tiny(classifier=classifier)
+  x = jax.random.normal(jax.random.key(1), (3, 16, 16, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert model.apply(variables, x).shape == (3, 7)
+  posemb = variables['params']['Transformer']['posembed_input']['pos_embedding']
+  assert posemb.shape[1] == 16 + prefix
+  if classifier == 'map':
+    assert 'MAPHead_0' in variables['params']
+
+
+def test_unpooled_and_feature_outputs():
+  x = jnp.ones((2, 16, 16, 3))
+  model = _tiny(classifier='token_unpooled')
+  assert model.apply(model.init(jax.random.key(0), x), x).shape == (2, 17, 32)
+  features = models.get_model('ViT-Ti_16', num_classes=None, patches={'size': (8, 8)})
+  assert features.apply(features.init(jax.random.key(0), x), x).shape == (2, 192)
+
+
+def test_representation_layer_and_head_bias():
+  model = _tiny(representation_size=24, head_bias_init=-10.)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  assert params['pre_logits']['kernel'].shape == (32, 24)
+  np.testing.assert_array_equal(params['head']['bias'], -10.)
+
+
+def test_scan_and_remat_compute_the_same_function():
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  plain = _tiny()
+  params = plain.init(jax.random.key(0), x)['params']
+  params = randomize(params)
+  expected = plain.apply({'params': params}, x)
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  stacked = checkpoint.unflatten(checkpoint.stack_encoder(checkpoint.flatten(params)))
+  for kw, p in [({'remat': True}, params), ({'scan': True}, stacked),
+                ({'scan': True, 'remat': True}, stacked)]:
+    model = _tiny(transformer=kw)
+    np.testing.assert_allclose(model.apply({'params': p}, x), expected, atol=1e-5, err_msg=kw)
+    grads = jax.grad(lambda p: model.apply({'params': p}, x).sum())(p)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_dropout_and_stochastic_depth_only_in_training():
+  model = _tiny(transformer={'dropout_rate': 0.2, 'attention_dropout_rate': 0.2,
+                             'stochastic_depth': 0.5})
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  params = model.init(jax.random.key(0), x)['params']
+  params = randomize(params)
+  eval1 = model.apply({'params': params}, x)
+  eval2 = model.apply({'params': params}, x, train=False)
+  np.testing.assert_array_equal(eval1, eval2)
+  train = model.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(3)})
+  assert not np.allclose(train, eval1)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = _tiny(dtype='bfloat16')
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  params = model.init(jax.random.key(0), x)['params']
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  params = randomize(params)
+  out16 = model.apply({'params': params}, x)
+  out32 = _tiny().apply({'params': params}, x)
+  assert out16.dtype == jnp.float32
+  np.testing.assert_allclose(out16, out32, atol=0.1)
+  assert not np.array_equal(out16, out32)
+
+
+def test_sincos_posemb_has_no_parameters():
+  model = _tiny(posemb='sincos2d')
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
+  assert 'posembed_input' not in params['Transformer']
+
+
+def test_attention_weights_are_sown():
+  model = _tiny(sow_weights=True)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  params = model.init(jax.random.key(0), x)['params']
+  _, state = model.apply({'params': params}, x, mutable=['intermediates'])
+  weights = state['intermediates']['Transformer']['encoderblock_0'][
+      'MultiHeadDotProductAttention_1']['attention_weights'][0]
+  assert weights.shape == (2, 4, 17, 17)
+  np.testing.assert_allclose(weights.sum(-1), 1., atol=1e-5)
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
+  model = _tiny()
+  with pytest.raises(ValueError, match='not divisible by the patch size'):
+    model.init(jax.random.key(0), jnp.zeros((1, 18, 16, 3)))
+  with pytest.raises(KeyError, match='Unknown model'):
+    models.get_model('ViT-Q_16', num_classes=1)
+  with pytest.raises(TypeError, match='no_such_field'):
+    models.get_model('ViT-Ti_16', num_classes=1, no_such_field=1)

@@ -1,0 +1,41 @@
+"""One entry point to every model of the zoo: `get_model(name, num_classes=...)`.
+
+As in the original library, `models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])`
+also works for the ViT family.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+
+from vit_jax.models_vit import VisionTransformer
+from vit_jax.zoo import MODEL_CONFIGS, MODEL_FAMILIES
+
+__all__ = ['MODEL_CONFIGS', 'VisionTransformer', 'get_model', 'model_class']
+
+_CLASSES: dict[str, type[nn.Module]] = {
+    'vit': VisionTransformer,
+}
+
+
+def model_class(name: str) -> type[nn.Module]:
+  """The Flax module class of a zoo entry."""
+  if name not in MODEL_CONFIGS:
+    raise KeyError(f'Unknown model {name!r}; known models: {", ".join(sorted(MODEL_CONFIGS))}')
+  return _CLASSES[MODEL_FAMILIES[name]]
+
+
+def get_model(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Module:
+  """Builds zoo model `name`; `overrides` replace config fields (nested ones as dicts).
+
+  Example: `get_model('ViT-B_16', num_classes=10, dtype='bfloat16',
+  transformer={'dropout_rate': 0.1})`.
+  """
+  cls = model_class(name)
+  config = MODEL_CONFIGS[name].to_dict()
+  for key, value in overrides.items():
+    if isinstance(value, dict) and isinstance(config.get(key), dict):
+      config[key] = {**config[key], **value}
+    else:
+      config[key] = value
+  return cls(num_classes=num_classes, **config)

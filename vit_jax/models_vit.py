@@ -1,0 +1,339 @@
+"""Vision Transformer (and the hybrid ResNet+ViT) as Flax linen modules.
+
+Submodule names follow the released `.npz` checkpoints of the original library, which were written
+with pre-linen numbering (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`,
+`MlpBlock_3`), so that a checkpoint's flat keys are exactly our parameter paths.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Dtype = Any
+
+
+def _dtype(name_or_dtype: Any) -> Any:
+  """Lets configs spell dtypes as strings ('bfloat16') so ConfigDicts stay serialisable."""
+  return jnp.dtype(name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+
+
+def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
+                 mask: Optional[Array] = None, broadcast_dropout: bool = True,
+                 dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
+                 deterministic: bool = False, dtype: Optional[Dtype] = None,
+                 precision: Any = None, module: Optional[nn.Module] = None) -> Array:
+  """Scaled dot-product attention that uses the fused kernel whenever it can.
+
+  `jax.nn.dot_product_attention` picks cuDNN flash attention on GPUs; it has neither attention
+  dropout nor a way to return the weights, so those two cases (training with attention dropout,
+  and `sow_weights=True` for attention maps) take flax's explicit softmax path.
+  """
+  if module is not None or (dropout_rate > 0. and not deterministic):
+    return nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
+        dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
+        dtype=dtype, precision=precision, module=module)
+  if dtype is not None:
+    query, key, value = (t.astype(dtype) for t in (query, key, value))
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per example.
+
+  The rate is a call argument so that a scanned encoder can feed each layer its own (traced) rate.
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, rate: float | Array, deterministic: bool) -> Array:
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0.):
+      return x
+    keep = 1. - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense → GELU → Dropout → Dense → Dropout."""
+  mlp_dim: int
+  dropout_rate: float = 0.
+  gelu_approximate: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=nn.initializers.xavier_uniform(),
+                              bias_init=nn.initializers.normal(stddev=1e-6))
+    out_dim = x.shape[-1]
+    x = dense(self.mlp_dim, name='Dense_0')(x)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(out_dim, name='Dense_1')(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  stochastic_depth: float = 0.
+  gelu_approximate: bool = True
+  sow_weights: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool, rate: float | Array | None = None) -> Array:
+    rate = self.stochastic_depth if rate is None else rate
+    norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    y = norm(name='LayerNorm_0')(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
+        dropout_rate=self.attention_dropout_rate, attention_fn=attention_fn,
+        name='MultiHeadDotProductAttention_1')(
+            y, y, deterministic=deterministic, sow_weights=self.sow_weights)
+    y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+    x = x + DropPath()(y, rate, deterministic)
+
+    y = norm(name='LayerNorm_2')(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                 gelu_approximate=self.gelu_approximate, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name='MlpBlock_3')(y, deterministic=deterministic)
+    return x + DropPath()(y, rate, deterministic)
+
+
+class _ScannedBlock(Encoder1DBlock):
+  """Encoder1DBlock in the (carry, xs) form that `nn.scan` wants; xs is the drop-path rate."""
+
+  @nn.compact
+  def __call__(self, x: Array, rate: Array, deterministic: bool) -> tuple[Array, None]:
+    return super().__call__(x, deterministic, rate), None
+
+
+class Encoder(nn.Module):
+  """The transformer encoder: position embedding, `num_layers` blocks, final LayerNorm.
+
+  With `scan=True` the blocks are one `nn.scan` over stacked parameters (`encoderblock/...` with a
+  leading layer axis; `checkpoint` converts to and from the per-layer layout), which compiles in
+  constant time in depth. `remat=True` recomputes each block's activations in the backward pass.
+  """
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  stochastic_depth: float = 0.
+  gelu_approximate: bool = True
+  posemb: str = 'learn'
+  add_position_embedding: bool = True
+  scan: bool = False
+  remat: bool = False
+  sow_weights: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def _drop_path_rates(self) -> np.ndarray:
+    """Linear stochastic-depth schedule over depth (0 for the first block), as in DeiT and Swin."""
+    return np.linspace(0., self.stochastic_depth, self.num_layers)
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool, grid: tuple[int, int] | None = None) -> Array:
+    if self.add_position_embedding:
+      x = AddPositionEmbs(posemb=self.posemb, grid=grid, param_dtype=self.param_dtype,
+                          name='posembed_input')(x)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    x = x.astype(self.dtype)
+
+    block_kwargs = dict(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        gelu_approximate=self.gelu_approximate, sow_weights=self.sow_weights,
+        dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.scan:
+      block_cls = _ScannedBlock
+      if self.remat:
+        block_cls = nn.remat(block_cls, prevent_cse=False, static_argnums=(3,))
+      scanned = nn.scan(block_cls, variable_axes={'params': 0, 'intermediates': 0},
+                        split_rngs={'params': True, 'dropout': True},
+                        in_axes=(0, nn.broadcast), length=self.num_layers)
+      x, _ = scanned(name='encoderblock', **block_kwargs)(
+          x, jnp.asarray(self._drop_path_rates()), not train)
+    else:
+      block_cls = nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat else Encoder1DBlock
+      for i, rate in enumerate(self._drop_path_rates().tolist()):
+        x = block_cls(stochastic_depth=rate, name=f'encoderblock_{i}', **block_kwargs)(
+            x, not train)
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name='encoder_norm')(x)
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2D sine-cosine position embedding (MoCo v3, big_vision), shape (1, h*w, width)."""
+  if width % 4:
+    raise ValueError(f'sincos2d position embedding needs a width divisible by 4, got {width}')
+  y, x = np.mgrid[:h, :w]
+  omega = 1. / temperature**(np.arange(width // 4) / (width // 4 - 1))
+  y = y.reshape(-1)[:, None] * omega[None, :]
+  x = x.reshape(-1)[:, None] * omega[None, :]
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)[None].astype(
+      np.float32)
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds a learned (`pos_embedding`, normal(0.02) init) or fixed sincos2d position embedding."""
+  posemb: str = 'learn'
+  grid: tuple[int, int] | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim != 3:
+      raise ValueError(f'AddPositionEmbs expects (batch, tokens, width), got shape {x.shape}')
+    if self.posemb == 'learn':
+      pe = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
+                      (1,) + x.shape[1:], self.param_dtype)
+    elif self.posemb == 'sincos2d':
+      if self.grid is None:
+        raise ValueError('sincos2d position embedding needs the patch grid')
+      h, w = self.grid
+      pe = jnp.asarray(posemb_sincos_2d(h, w, x.shape[-1]))
+      prefix = x.shape[1] - h * w
+      pe = jnp.concatenate([jnp.zeros((1, prefix, x.shape[-1])), pe], axis=1)
+    else:
+      raise ValueError(f"Unknown posemb {self.posemb!r}; expected 'learn' or 'sincos2d'")
+    return x + pe.astype(x.dtype)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (big_vision): a learned probe attends over all tokens."""
+  mlp_dim: int
+  num_heads: int
+  gelu_approximate: bool = True
+  sow_weights: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    n, _, d = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
+    probe = jnp.tile(probe, [n, 1, 1]).astype(self.dtype)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(), attention_fn=attention_fn,
+        name='MultiHeadDotProductAttention_0')(probe, x, sow_weights=self.sow_weights)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='LayerNorm_0')(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
+                     dtype=self.dtype, param_dtype=self.param_dtype,
+                     name='MlpBlock_0')(y, deterministic=True)
+    return x[:, 0]
+
+
+class VisionTransformer(nn.Module):
+  """ViT (Dosovitskiy et al. 2021), and with `resnet` set the hybrid R+ViT of the same paper.
+
+  Attributes:
+    num_classes: head size; None returns the pre-logits features (no head parameters).
+    patches: ConfigDict/dict with `size` (ph, pw), the patch (or, for hybrids, the feature-map
+      patch) size.
+    transformer: encoder fields (see `Encoder`): num_layers, mlp_dim, num_heads, dropout_rate,
+      attention_dropout_rate and optionally stochastic_depth, gelu_approximate, scan, remat.
+    hidden_size: token width D.
+    resnet: None for ViT; for hybrids a dict with `num_layers` (units per stage) and
+      `width_factor`.
+    representation_size: width of the `pre_logits` Dense + tanh layer (pre-training), or None.
+    classifier: 'token' ([CLS] row), 'gap' (mean of tokens), 'map' (attention pooling),
+      'token_unpooled' / 'unpooled' (all tokens, no head).
+    head_bias_init: constant for the head bias (pre-training uses -10).
+    head_zero_init: zero kernel as in the original (fine-tuning); False uses LeCun normal.
+    posemb: 'learn' (checkpoint-compatible) or 'sincos2d' (fixed).
+    dtype: compute dtype (e.g. 'bfloat16'); parameters stay in `param_dtype`.
+    model_name: zoo name, informational.
+  """
+  num_classes: Optional[int]
+  patches: Any
+  transformer: Any
+  hidden_size: int
+  resnet: Optional[Any] = None
+  representation_size: Optional[int] = None
+  classifier: str = 'token'
+  head_bias_init: float = 0.
+  head_zero_init: bool = True
+  posemb: str = 'learn'
+  dtype: Any = 'float32'
+  param_dtype: Any = 'float32'
+  sow_weights: bool = False
+  model_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, train: bool = False) -> Array:
+    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
+    if inputs.ndim != 4:
+      raise ValueError(f'VisionTransformer expects NHWC images, got shape {inputs.shape}')
+    x = inputs.astype(dtype)
+
+    if self.resnet is not None:
+      from vit_jax import models_resnet  # pylint: disable=g-import-not-at-top
+      x = models_resnet.hybrid_root_and_stages(x, dtype=dtype, param_dtype=param_dtype,
+                                               **self.resnet)
+
+    ph, pw = self.patches['size']
+    if x.shape[1] % ph or x.shape[2] % pw:
+      raise ValueError(f'Input feature map {x.shape[1:3]} is not divisible by the patch size '
+                       f'{(ph, pw)}')
+    x = nn.Conv(self.hidden_size, (ph, pw), strides=(ph, pw), padding='VALID', dtype=dtype,
+                param_dtype=param_dtype, name='embedding')(x)
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, (n, h * w, c))
+
+    if self.classifier in ('token', 'token_unpooled'):
+      cls = self.param('cls', nn.initializers.zeros, (1, 1, c), param_dtype)
+      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
+
+    encoder_fields = dict(self.transformer)
+    x = Encoder(posemb=self.posemb, sow_weights=self.sow_weights, dtype=dtype,
+                param_dtype=param_dtype, name='Transformer', **encoder_fields)(
+                    x, train=train, grid=(h, w))
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x, axis=1)
+    elif self.classifier == 'map':
+      x = MAPHead(mlp_dim=encoder_fields['mlp_dim'], num_heads=encoder_fields['num_heads'],
+                  gelu_approximate=encoder_fields.get('gelu_approximate', True),
+                  sow_weights=self.sow_weights, dtype=dtype, param_dtype=param_dtype,
+                  name='MAPHead_0')(x)
+    elif self.classifier in ('token_unpooled', 'unpooled'):
+      return x
+    else:
+      raise ValueError(f"Unknown classifier {self.classifier!r}; expected 'token', 'gap', "
+                       "'map', 'token_unpooled' or 'unpooled'")
+
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, dtype=dtype, param_dtype=param_dtype,
+                   name='pre_logits')(x)
+      x = jnp.tanh(x)
+
+    if self.num_classes is None:
+      return x
+    kernel_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
+    x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head',
+                 kernel_init=kernel_init,
+                 bias_init=nn.initializers.constant(self.head_bias_init))(x)
+    return x.astype(jnp.float32)
