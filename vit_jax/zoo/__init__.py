@@ -2,9 +2,10 @@
 
 import ml_collections
 
+from vit_jax.zoo import swin
 from vit_jax.zoo import vit
 
-_FAMILY_MODULES = (vit,)
+_FAMILY_MODULES = (vit, swin)
 
 MODEL_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
 MODEL_FAMILIES: dict[str, str] = {}
