@@ -1,0 +1,329 @@
+"""Training: loss goes down on real data, exact resume after SIGKILL, exact evaluation,
+fine-tuning at a higher resolution, optimizers against hand-computed updates, clear errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from helpers import make_image_folder
+import tiny_config
+from vit_jax import checkpoint
+from vit_jax import input_pipeline
+from vit_jax import optim
+from vit_jax import sharding
+from vit_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_TFDS = os.path.join(REPO, '..', 'shared', 'data', 'tfds')
+
+
+def _cifar_dir():
+  for candidate in (os.environ.get('TFDS_DATA_DIR'), SHARED_TFDS):
+    if candidate and os.path.isdir(os.path.join(candidate, 'cifar10')):
+      return os.path.abspath(candidate)
+  return None
+
+
+@pytest.fixture(scope='module')
+def data_overrides(tmp_path_factory):
+  """Real CIFAR-10 slices where the offline copy exists, a generated image folder otherwise."""
+  cifar = _cifar_dir()
+  if cifar:
+    return dict(dataset='cifar10', data_dir=cifar)
+  root = make_image_folder(str(tmp_path_factory.mktemp('images')),
+                           splits=(('train', 400), ('test', 100)))
+  return dict(dataset='imagefolder', data_dir=root)
+
+
+def make_config(data_overrides, **overrides):
+  config = tiny_config.get_config(data_overrides['dataset'])
+  config.update(data_overrides)
+  config.update(overrides)
+  return config
+
+
+def test_loss_decreases_on_real_data(data_overrides):
+  config = make_config(data_overrides, total_steps=60, batch_size=64)
+  config.model.transformer.dropout_rate = 0.0
+  mesh = sharding.make_mesh(config.mesh)
+  source = input_pipeline.get_source(config, config.train_split)
+  model = train.create_model(config, source.num_classes)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  tx, schedule = optim.make_optimizer(config, shapes['params'])
+  state, shardings = train.init_state(config, model, tx, mesh, (32, 32, 3))
+  step = jax.jit(train.make_train_step(model, tx, schedule, config),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)), donate_argnums=(0,))
+  ds = input_pipeline.train_dataset(config, source, config.batch_size)
+  losses = []
+  for batch in input_pipeline.prefetch_to_mesh(ds.take(60).as_numpy_iterator(),
+                                               sharding.batch_sharding(mesh)):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, losses
+
+
+def test_input_stream_resumes_at_any_step(data_overrides):
+  config = make_config(data_overrides)
+  source = input_pipeline.get_source(config, config.train_split)
+  full = list(input_pipeline.train_dataset(config, source, 32).take(40).as_numpy_iterator())
+  resumed = list(input_pipeline.train_dataset(config, source, 32, start_step=33)
+                 .take(7).as_numpy_iterator())
+  for a, b in zip(full[33:], resumed):  # Crosses the epoch boundary at step 32.
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  assert not np.array_equal(full[0]['label'], full[32]['label'])  # Epochs are reshuffled.
+
+
+def test_eval_counts_every_example_once(data_overrides):
+  config = make_config(data_overrides)
+  source = input_pipeline.get_source(config, config.eval_split)
+  ds, num_batches = input_pipeline.eval_dataset(config, source, 64)
+  batches = list(ds.as_numpy_iterator())
+  masks = np.concatenate([b['mask'] for b in batches])
+  assert len(batches) == num_batches == 5
+  assert masks.sum() == source.num_examples == 300
+  assert (masks[:300] == 1).all() and (masks[300:] == 0).all()
+
+  # The jitted eval step's sums equal a NumPy reference on the same logits.
+  mesh = sharding.make_mesh(config.mesh)
+  model = train.create_model(config, 10)
+  tx, _ = optim.make_optimizer(config, jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params'])
+  state, _ = train.init_state(config, model, tx, mesh, (32, 32, 3))
+  state = state.replace(params=jax.tree.map(lambda p: p + 0.02 * jnp.sin(
+      jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), state.params))
+  metrics = train.evaluate(jax.jit(train.make_eval_step(model)), state, config, source,
+                           sharding.batch_sharding(mesh))
+  images = np.concatenate([b['image'] for b in batches])[:300]
+  labels = np.concatenate([b['label'] for b in batches])[:300]
+  logits = np.asarray(model.apply({'params': state.params}, images))
+  assert metrics['eval_examples'] == 300
+  np.testing.assert_allclose(metrics['eval_accuracy'], np.mean(logits.argmax(-1) == labels))
+  top5 = np.argsort(-logits, axis=-1)[:, :5]
+  np.testing.assert_allclose(metrics['eval_top5_accuracy'],
+                             np.mean((top5 == labels[:, None]).any(-1)))
+
+
+def _run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
+  args = [sys.executable, '-m', 'vit_jax.main',
+          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{data_overrides["dataset"]}',
+          f'--workdir={workdir}', f'--config.data_dir={data_overrides["data_dir"]}', *extra]
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  if kill_after_checkpoint is None:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+  target = os.path.join(workdir, 'checkpoints', str(kill_after_checkpoint))
+  deadline = time.time() + 600
+  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert os.path.isdir(target), 'the run ended before writing the checkpoint to kill after'
+  return None
+
+
+def test_sigkill_and_resume_gives_identical_parameters(tmp_path, data_overrides):
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  _run_main(straight, data_overrides)
+  _run_main(killed, data_overrides, kill_after_checkpoint=4)
+  out = _run_main(killed, data_overrides)
+  assert 'Resumed from the checkpoint of step' in (killed / 'train.0.log').read_text()
+  assert 'Final:' in out
+  a = checkpoint.flatten(checkpoint.load(straight / 'model.npz'))
+  b = checkpoint.flatten(checkpoint.load(killed / 'model.npz'))
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  # Only the last keep_checkpoints=2 checkpoints remain, and never a temporary one.
+  assert sorted(os.listdir(straight / 'checkpoints')) == ['12', '8']
+
+
+def test_finetune_from_32px_checkpoint_at_48px(tmp_path, data_overrides):
+  config = make_config(data_overrides, total_steps=2, eval_every=2, checkpoint_every=2,
+                       log_every=1, eval_split='test[:64]')
+  pretrain_dir = tmp_path / 'pretrain'
+  train.train_and_evaluate(config, str(pretrain_dir))
+  pretrained = checkpoint.load(pretrain_dir / 'model.npz')
+  assert pretrained['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
+
+  config = make_config(data_overrides, total_steps=2, eval_every=2, checkpoint_every=2,
+                       log_every=1, image_size=48, num_classes=12, eval_split='test[:64]',
+                       pretrained_path=str(pretrain_dir / 'model.npz'),
+                       pp_train='inception_crop|flip_lr|value_range(-1, 1)',
+                       pp_eval='resize|value_range(-1, 1)')
+  config.optimizer.name = 'sgd'
+  config.lr.base = 0.0  # Only the loading is under test: parameters must stay as loaded.
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'finetune'))
+  assert metrics['step'] == 2
+  tuned = checkpoint.load(tmp_path / 'finetune' / 'model.npz')
+  posemb = tuned['Transformer']['posembed_input']['pos_embedding']
+  assert posemb.shape == (1, 37, 32)
+  expected = checkpoint.interpolate_posembed(
+      pretrained['Transformer']['posembed_input']['pos_embedding'], 37)
+  np.testing.assert_allclose(posemb, expected, atol=1e-6)
+  assert tuned['head']['kernel'].shape == (32, 12)
+
+
+def _quadratic_params():
+  return {'dense': {'kernel': jnp.array([[1.0, -2.0], [0.5, 3.0]]), 'bias': jnp.array([0.3, -0.1])}}
+
+
+def _grads(params):
+  # Gradient of sum(kernel**2) + sum(bias**3): easy to write by hand.
+  return {'dense': {'kernel': 2 * params['dense']['kernel'],
+                    'bias': 3 * params['dense']['bias']**2}}
+
+
+def _optimizer_config(**kw):
+  config = tiny_config.get_config()
+  config.total_steps = 10
+  config.update(kw)
+  return config
+
+
+def test_finetune_sgd_matches_hand_computed_updates():
+  config = _optimizer_config(grad_clip_norm=1.0)
+  config.optimizer = ml_collections.ConfigDict(dict(name='sgd', momentum=0.9,
+                                                    accumulator_dtype='', weight_decay=0.0))
+  config.lr = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=4, decay_type='cosine'))
+  tx, _ = optim.make_optimizer(config, _quadratic_params())
+  params = _quadratic_params()
+  state = tx.init(params)
+  p = {k: np.asarray(v, np.float64) for k, v in params['dense'].items()}
+  momentum = {k: np.zeros_like(v) for k, v in p.items()}
+  for step in (1, 2):
+    grads = _grads(params)
+    g = {k: np.asarray(v, np.float64) for k, v in grads['dense'].items()}
+    norm = np.sqrt(sum((v**2).sum() for v in g.values()))
+    g = {k: v * min(1., 1. / norm) for k, v in g.items()}
+    lr = 0.03 * 0.5 * (1 + np.cos(np.pi * 0)) * min(1., step / 4)  # Still warming up.
+    for k in p:
+      momentum[k] = 0.9 * momentum[k] + g[k]
+      p[k] = p[k] - lr * momentum[k]
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree.map(lambda a, u: a + u, params, updates)
+    for k in p:
+      np.testing.assert_allclose(params['dense'][k], p[k], rtol=1e-6, err_msg=f'{k} @ {step}')
+
+
+def test_pretrain_adam_matches_hand_computed_updates():
+  config = _optimizer_config(grad_clip_norm=1.0, total_steps=10)
+  config.optimizer = ml_collections.ConfigDict(dict(name='adam', b1=0.9, b2=0.999, eps=1e-8,
+                                                    weight_decay=0.03, decay_pattern='kernel$'))
+  config.lr = ml_collections.ConfigDict(dict(base=1e-3, warmup_steps=1, decay_type='linear',
+                                             end=1e-5))
+  tx, schedule = optim.make_optimizer(config, _quadratic_params())
+  params = _quadratic_params()
+  state = tx.init(params)
+  p = {k: np.asarray(v, np.float64) for k, v in params['dense'].items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v = {k: np.zeros_like(x) for k, x in p.items()}
+  for step in (1, 2):
+    grads = _grads(params)
+    g = {k: np.asarray(x, np.float64) for k, x in grads['dense'].items()}
+    norm = np.sqrt(sum((x**2).sum() for x in g.values()))
+    g = {k: x * min(1., 1. / norm) for k, x in g.items()}
+    progress = np.clip((step - 1) / (10 - 1), 0, 1)
+    lr = 1e-5 + (1e-3 - 1e-5) * (1 - progress)
+    np.testing.assert_allclose(schedule(step - 1), lr, rtol=1e-6)
+    for k in p:
+      m[k] = 0.9 * m[k] + 0.1 * g[k]
+      v[k] = 0.999 * v[k] + 0.001 * g[k]**2
+      update = (m[k] / (1 - 0.9**step)) / (np.sqrt(v[k] / (1 - 0.999**step)) + 1e-8)
+      if k == 'kernel':  # Weight decay on kernels only.
+        update = update + 0.03 * p[k]
+      p[k] = p[k] - lr * update
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree.map(lambda a, u: a + u, params, updates)
+    for k in p:
+      np.testing.assert_allclose(params['dense'][k], p[k], rtol=1e-5, err_msg=f'{k} @ {step}')
+
+
+def test_gradient_accumulation_equals_one_big_batch(data_overrides):
+  config = make_config(data_overrides, batch_size=32)
+  config.model.transformer.dropout_rate = 0.0
+  mesh = sharding.make_mesh(config.mesh)
+  model = train.create_model(config, 10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (32, 32, 32, 3)),
+           'label': jnp.arange(32) % 10}
+  results = []
+  for accum in (1, 4):
+    config.accum_steps = accum
+    tx, schedule = optim.make_optimizer(config, shapes['params'])
+    state, _ = train.init_state(config, model, tx, mesh, (32, 32, 3))
+    step = jax.jit(train.make_train_step(model, tx, schedule, config))
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    results.append(state.params)
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_lr_schedule_follows_the_original_formula():
+  config = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=500, decay_type='cosine'))
+  schedule = optim.lr_schedule(config, 10_000)
+  for step in (1, 250, 500, 501, 5000, 10_000):
+    progress = np.clip((step - 500) / 9500, 0, 1)
+    expected = 0.03 * 0.5 * (1 + np.cos(np.pi * progress)) * min(1, step / 500)
+    np.testing.assert_allclose(schedule(step - 1), expected, rtol=1e-5, atol=1e-9)
+  piecewise = optim.lr_schedule(ml_collections.ConfigDict(dict(
+      base=0.003, warmup_steps=0, decay_type='piecewise', boundaries=(3, 6), scales=(0.1, 0.1))),
+      10)
+  np.testing.assert_allclose([piecewise(c) for c in range(8)],
+                             [0.003] * 2 + [3e-4] * 3 + [3e-5] * 3, rtol=1e-5)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_overrides):
+  config = make_config(data_overrides, total_steps=8, checkpoint_every=2)
+  config.lr.base = 1e30  # Diverges within a few steps.
+  config.optimizer.name = 'sgd'
+  config.grad_clip_norm = 0.0
+  with pytest.raises(FloatingPointError, match=r'at step \d+'):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
+  assert steps == [] or max(steps) < 8
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(dataset='no_such_dataset'), 'Unknown dataset'),
+    (dict(train_split='validation'), 'Unknown split'),
+    (dict(batch_size=30, accum_steps=4), 'not divisible by accum_steps'),
+    (dict(pretrained_path='/nonexistent/model.npz'), 'pretrained_path not found'),
+])
+def test_bad_configs_fail_before_compute(tmp_path, data_overrides, overrides, match):
+  config = make_config(data_overrides, **overrides)
+  with pytest.raises((ValueError, FileNotFoundError), match=match):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_pretrained_file_that_does_not_fit_is_rejected(tmp_path, data_overrides):
+  bad = tmp_path / 'bad.npz'
+  checkpoint.save({'embedding': {'kernel': np.zeros((8, 8, 3, 16), np.float32)}}, bad)
+  config = make_config(data_overrides, pretrained_path=str(bad))
+  with pytest.raises(checkpoint.CheckpointError, match=r'embedding/kernel: checkpoint'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_unknown_config_field_on_the_command_line(tmp_path, data_overrides):
+  args = [sys.executable, '-m', 'vit_jax.main',
+          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}', f'--workdir={tmp_path}',
+          '--config.no_such_field=3']
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert 'no_such_field' in result.stderr

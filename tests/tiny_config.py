@@ -1,0 +1,31 @@
+"""A seconds-scale training config for the tests (a 1-layer, 32-wide ViT on 32 px images)."""
+
+from vit_jax import base_config
+
+
+def get_config(arg: str = ''):
+  config = base_config.get_config()
+  config.model_name = 'ViT-CIFAR_4'
+  config.model = dict(patches={'size': (8, 8)}, hidden_size=32,
+                      transformer={'num_layers': 1, 'mlp_dim': 64, 'num_heads': 2,
+                                   'dropout_rate': 0.1})
+  config.dataset = arg or 'cifar10'
+  config.download = False
+  config.train_split = 'train[:1024]'
+  config.eval_split = 'test[:300]'
+  config.image_size = 32
+  config.pp_train = 'random_crop(pad=4)|flip_lr|normalize("cifar10")'
+  config.pp_eval = 'normalize("cifar10")'
+  config.shuffle_buffer = 256
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.total_steps = 12
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.05
+  config.lr.base = 1e-3
+  config.lr.warmup_steps = 2
+  config.log_every = 4
+  config.eval_every = 12
+  config.checkpoint_every = 4
+  config.keep_checkpoints = 2
+  return config

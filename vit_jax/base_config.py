@@ -1,0 +1,75 @@
+"""Defaults shared by every experiment config in `configs/`; each field documented once here.
+
+Experiment configs start from `get_config()` and override fields; every field can also be
+overridden on the command line (`--config.total_steps=100`), and an unknown field is an error.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """All training fields with their defaults."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Model: a zoo name (vit_jax.models.MODEL_CONFIGS) plus overrides of its config fields,
+  # e.g. config.model = {'dtype': 'bfloat16', 'transformer': {'dropout_rate': 0.1}}.
+  config.model_name = 'ViT-B_16'
+  config.model = ml_collections.ConfigDict()
+  # An original-format .npz to fine-tune from (position embeddings resized, head reset).
+  config.pretrained_path = placeholder(str)
+
+  # Data: a TFDS name (TFDS_DATA_DIR or data_dir), or 'imagefolder' with data_dir=ROOT holding
+  # ROOT/<split>/<class>/*.jpg|png. Splits take TFDS slicing, e.g. 'train[:98%]'.
+  config.dataset = 'cifar10'
+  config.data_dir = placeholder(str)
+  config.download = True  # Let TFDS download and prepare a missing dataset.
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.num_classes = placeholder(int)  # None: from data.
+  config.image_size = 224
+  # Preprocessing op strings (vit_jax/preprocess.py), applied per example.
+  config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
+  config.pp_eval = 'resize|value_range(-1, 1)'
+  config.shuffle_buffer = 50_000
+  config.cache_train = False  # Keep decoded training images in memory (small datasets).
+  # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
+  config.mixup = placeholder(ml_collections.ConfigDict)
+  config.label_smoothing = 0.0
+
+  # Optimisation. Global batch; accum_steps micro-batches per step to fit small memories.
+  config.batch_size = 512
+  config.eval_batch_size = 512
+  config.accum_steps = 1
+  config.total_steps = 10_000
+  config.num_epochs = placeholder(float)  # Overrides steps.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd',  # 'sgd', 'adam' or 'adamw'
+      momentum=0.9,
+      accumulator_dtype='',  # e.g. 'bfloat16' for the SGD momentum buffer
+      b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0,
+      decay_pattern=r'kernel$',  # regex on parameter paths that get weight decay
+      decoupled_weight_decay=False,  # big_vision's form: decay scaled by schedule / base lr
+  ))
+  config.lr = ml_collections.ConfigDict(dict(
+      base=0.03, warmup_steps=500,
+      decay_type='cosine',  # 'cosine', 'linear', 'constant' or 'piecewise'
+      end=1e-5,  # final value of 'linear'
+      boundaries=(), scales=(),  # 'piecewise': multiply by scales[i] from step boundaries[i]
+  ))
+  config.grad_clip_norm = 1.0
+
+  # Devices: mesh axes as (name, size) with -1 for "the remaining devices".
+  config.mesh = (('data', -1),)
+  # Parameter/optimizer-state sharding rules (vit_jax/sharding.py): (regex, spec) pairs.
+  config.sharding_rules = ()
+
+  # Bookkeeping.
+  config.log_every = 50
+  config.eval_every = 1000
+  config.checkpoint_every = 1000
+  config.keep_checkpoints = 3
+  config.export_npz = True  # Also write the final parameters as an original-format .npz.
+  return config

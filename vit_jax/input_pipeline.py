@@ -1,0 +1,208 @@
+"""tf.data input: TFDS datasets or image folders, resumable training streams, exact evaluation.
+
+The training stream is a pure function of (config, step): epochs are shuffled with per-epoch seeds
+and every random op is stateless, seeded by the example's position in the stream. Restarting at
+step s therefore yields exactly the batches an uninterrupted run would have seen from step s.
+Each process reads only its own slice of every split. Evaluation visits every example exactly
+once: the last batch is padded and the padding masked out.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import os
+import re
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax import preprocess
+
+_IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+_SLICE_RE = re.compile(r'^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One split of one dataset, already restricted to this process's slice."""
+  dataset: tf.data.Dataset  # of {'image': uint8 (H, W, C), 'label': int64}
+  num_examples: int  # in this process's slice
+  max_process_examples: int  # the largest slice over processes (fixes the eval step count)
+  num_classes: int
+
+
+def _data_dir(config: Any) -> str | None:
+  return config.get('data_dir') or os.environ.get('TFDS_DATA_DIR')
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources.
+
+
+def _tfds_builder(config: Any) -> tfds.core.DatasetBuilder:
+  try:
+    builder = tfds.builder(config.dataset, data_dir=_data_dir(config))
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'Unknown dataset {config.dataset!r} (config.dataset): {e}') from e
+  if not builder.is_prepared():
+    if not config.get('download', True):
+      raise ValueError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir} and '
+                       'config.download is False')
+    builder.download_and_prepare()
+  return builder
+
+
+def _check_split(split: str, known: list[str], what: str) -> None:
+  base = split.split('[')[0].split('+')[0]
+  if base not in known:
+    raise ValueError(f'Unknown split {split!r} for {what}; available splits: {sorted(known)}')
+
+
+def _tfds_source(config: Any, split: str) -> Source:
+  builder = _tfds_builder(config)
+  _check_split(split, list(builder.info.splits), f'dataset {config.dataset!r}')
+  count = jax.process_count()
+  try:
+    process_splits = tfds.even_splits(split, n=count, drop_remainder=False)
+    sizes = [builder.info.splits[s].num_examples for s in process_splits]
+  except (ValueError, KeyError, AssertionError) as e:
+    raise ValueError(f'Bad split {split!r} for dataset {config.dataset!r}: {e}') from e
+  ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False)
+  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']},
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return Source(ds, sizes[jax.process_index()], max(sizes),
+                builder.info.features['label'].num_classes)
+
+
+def _slice(n: int, bound: str, default: int) -> int:
+  if not bound:
+    return default
+  if bound.endswith('%'):
+    return round(n * int(bound[:-1]) / 100)
+  return int(bound)
+
+
+def _imagefolder_source(config: Any, split: str) -> Source:
+  """`data_dir/<split>/<class>/*.jpg|png`; classes are the sorted folder names of `train`."""
+  root = config.get('data_dir')
+  if not root or not os.path.isdir(root):
+    raise ValueError(f"dataset 'imagefolder' needs config.data_dir to be a folder, got {root!r}")
+  match = _SLICE_RE.match(split)
+  if not match:
+    raise ValueError(f'Bad split {split!r}; expected NAME or NAME[a:b] (a, b ints or percents)')
+  name, lo, hi = match.groups()
+  known = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  _check_split(name, known, f'image folder {root}')
+  class_root = os.path.join(root, 'train' if 'train' in known else name)
+  classes = sorted(d for d in os.listdir(class_root)
+                   if os.path.isdir(os.path.join(class_root, d)))
+  files, labels = [], []
+  for label, cls in enumerate(classes):
+    folder = os.path.join(root, name, cls)
+    if not os.path.isdir(folder):
+      continue
+    for f in sorted(os.listdir(folder)):
+      if f.lower().endswith(_IMAGE_EXTENSIONS):
+        files.append(os.path.join(folder, f))
+        labels.append(label)
+  if not files:
+    raise ValueError(f'No images found under {os.path.join(root, name)}/<class>/')
+  n = len(files)
+  start, stop = _slice(n, lo or '', 0), _slice(n, hi or '', n)
+  files, labels = files[start:stop], labels[start:stop]
+  shards = np.array_split(np.arange(len(files)), jax.process_count())
+  mine = shards[jax.process_index()]
+  ds = tf.data.Dataset.from_tensor_slices(
+      (np.array(files)[mine].astype(str), np.array(labels, np.int64)[mine]))
+  ds = ds.map(lambda f, y: {'image': tf.io.decode_image(tf.io.read_file(f), channels=3,
+                                                        expand_animations=False),
+                            'label': y},
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return Source(ds, len(mine), max(len(s) for s in shards), len(classes))
+
+
+def get_source(config: Any, split: str) -> Source:
+  """The process-local slice of `split` of `config.dataset` (a TFDS name or 'imagefolder')."""
+  if config.dataset == 'imagefolder':
+    return _imagefolder_source(config, split)
+  return _tfds_source(config, split)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+
+
+def _example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
+  return tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)])
+
+
+def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
+                  ) -> tf.data.Dataset:
+  """Infinite stream of local training batches starting at optimizer step `start_step`."""
+  if source.num_examples < local_batch:
+    raise ValueError(f'The training split has {source.num_examples} examples on this process, '
+                     f'fewer than one local batch ({local_batch})')
+  ops = preprocess.parse(config.pp_train, config.image_size)
+  base = source.dataset.cache() if config.get('cache_train', False) else source.dataset
+  seed = int(config.seed)
+
+  def epoch(index):
+    return base.shuffle(config.get('shuffle_buffer', 50_000), seed=seed * 1_000_003 + index,
+                        reshuffle_each_iteration=False)
+
+  start_example = start_step * local_batch
+  first_epoch, offset = divmod(start_example, source.num_examples)
+  ds = tf.data.Dataset.range(first_epoch, 2**40).flat_map(epoch).skip(offset)
+  ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_example, 2**62), ds)
+
+  def process(position, example):
+    image = preprocess.apply(ops, example['image'], _example_seed(seed, position))
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch, drop_remainder=True).prefetch(2)
+
+
+def eval_dataset(config: Any, source: Source, local_batch: int) -> tuple[tf.data.Dataset, int]:
+  """Local eval batches with a 'mask' (0 for padding); returns (dataset, number of batches).
+
+  Every process yields the same number of batches, enough for the largest process slice.
+  """
+  ops = preprocess.parse(config.pp_eval, config.image_size)
+  num_batches = -(-source.max_process_examples // local_batch)
+
+  def process(example):
+    image = preprocess.apply(ops, example['image'], _example_seed(0, 0))
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32),
+            'mask': tf.constant(1., tf.float32)}
+
+  ds = source.dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  padding = tf.data.Dataset.from_tensors(
+      jax.tree.map(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
+  ds = ds.concatenate(padding.repeat(num_batches * local_batch - source.num_examples))
+  return ds.batch(local_batch, drop_remainder=True).prefetch(2), num_batches
+
+
+# ---------------------------------------------------------------------------------------------
+# To devices.
+
+
+def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], sharding: jax.sharding.Sharding,
+                     size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Turns process-local numpy batches into global arrays, `size` batches ahead."""
+  queue = collections.deque()
+
+  def enqueue(n):
+    for batch in itertools.islice(batches, n):
+      queue.append(jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)

@@ -1,0 +1,387 @@
+"""Training and evaluation: one jitted, sharded train step, Orbax checkpoints, exact resume.
+
+`train_and_evaluate(config, workdir)` is the whole job: data → model (optionally from a
+pre-trained `.npz`) → steps on the device mesh → TensorBoard metrics, a log file, checkpoints
+every `checkpoint_every` steps (the last `keep_checkpoints` kept) and an original-format `.npz` of
+the final parameters. A run restarted on the same workdir resumes from its last checkpoint and
+ends with the same parameters as an uninterrupted run: the step's dropout key is
+fold_in(seed key, step) and the input stream is a function of the step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging as py_logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+from absl import logging
+from clu import metric_writers
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from vit_jax import checkpoint
+from vit_jax import input_pipeline
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import sharding
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs: optimizer steps done, parameters, optimizer and model state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # Mutable collections other than params, e.g. BatchNorm's batch_stats.
+  rng: jax.Array  # Base key (raw uint32[2], storable by Orbax); step keys fold in the step.
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, state and steps.
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+  return models.get_model(config.model_name, num_classes=num_classes, **overrides)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against (soft) target distributions."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict,
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, dict[str, jax.Array]]]:
+  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step."""
+  accum = int(config.get('accum_steps', 1))
+  smoothing = float(config.get('label_smoothing', 0.))
+  mixup_config = config.get('mixup')
+
+  def targets_for(labels, num_classes):
+    return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing \
+        else jax.nn.one_hot(labels, num_classes)
+
+  def loss_fn(params, model_state, images, labels, rng):
+    mix_rng, dropout_rng = jax.random.split(rng)
+    num_classes = model.num_classes
+    targets = targets_for(labels, num_classes)
+    if mixup_config:
+      from vit_jax import mixup  # pylint: disable=g-import-not-at-top
+      images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
+    mutable = list(model_state)
+    out = model.apply({'params': params, **model_state}, images, train=True,
+                      rngs={'dropout': dropout_rng}, mutable=mutable or False)
+    logits, new_model_state = out if mutable else (out, model_state)
+    loss = jnp.mean(cross_entropy(logits, targets))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (accuracy, new_model_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro_step(carry, xs):
+    params, opt_state, model_state = carry
+    images, labels, rng = xs
+    (loss, (accuracy, model_state)), grads = grad_fn(params, model_state, images, labels, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+    return (params, opt_state, model_state), metrics
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    images, labels = batch['image'], batch['label']
+    carry = (state.params, state.opt_state, state.model_state)
+    if accum == 1:
+      carry, metrics = micro_step(carry, (images, labels, step_rng))
+    else:
+      # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
+      # holds rows of every micro-batch, so all devices work in every micro-step.
+      def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+      rngs = jax.random.split(step_rng, accum)
+      carry, metrics = jax.lax.scan(micro_step, carry, (split(images), split(labels), rngs))
+      metrics = jax.tree.map(jnp.mean, metrics)
+    params, opt_state, model_state = carry
+    metrics['learning_rate'] = schedule(state.step)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict[str, jax.Array]],
+                                                 dict[str, jax.Array]]:
+  """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples."""
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
+                         train=False)
+    labels, mask = batch['label'], batch['mask']
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    loss = cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    return {
+        'correct_top1': jnp.sum((top5[:, 0] == labels) * mask),
+        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        'loss_sum': jnp.sum(loss * mask),
+        'count': jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def init_state(config: ml_collections.ConfigDict, model: nn.Module,
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+               image_shape: tuple[int, int, int], params: Any | None = None,
+               ) -> tuple[TrainState, Any]:
+  """Initialises (or wraps given `params` into) a TrainState laid out on `mesh`.
+
+  Returns (state, state_shardings). Parameters are created directly in their sharded layout.
+  """
+  rng = jax.random.PRNGKey(int(config.seed))
+  init_rng, state_rng = jax.random.split(rng)
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+
+  def make(rng_, given):
+    variables = model.init({'params': rng_, 'dropout': rng_}, dummy, train=False)
+    variables = flax.core.unfreeze(variables)
+    p = variables.pop('params') if given is None else given
+    variables.pop('intermediates', None)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                      model_state=variables, rng=state_rng)
+
+  rules = tuple(config.get('sharding_rules', ()))
+  abstract = jax.eval_shape(make, init_rng, params)
+  shardings = sharding.tree_shardings(abstract, mesh, rules)
+  state = jax.jit(make, out_shardings=shardings)(init_rng, params)
+  return state, shardings
+
+
+# ---------------------------------------------------------------------------------------------
+# The job.
+
+
+def load_pretrained_params(config: ml_collections.ConfigDict, model: nn.Module,
+                           image_shape: tuple[int, int, int]) -> Any:
+  """`config.pretrained_path` prepared for `model` at `image_shape` (host numpy arrays)."""
+  # The fresh head comes from the model's own initialiser (zeros by default).
+  init_params = jax.device_get(jax.jit(lambda: model.init(
+      jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
+                               ['params'])
+  grid = None
+  if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
+    ph, pw = model.patches['size']
+    grid = (image_shape[0] // ph, image_shape[1] // pw)
+  params = checkpoint.load_pretrained(
+      pretrained_path=config.pretrained_path, init_params=init_params,
+      model_config={'representation_size': getattr(model, 'representation_size', None)},
+      grid=grid)
+  logging.info('Loaded pre-trained parameters from %s', config.pretrained_path)
+  return params
+
+
+def _validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Checks that need no data or compute, so bad configs fail in seconds."""
+  units = sharding.batch_size_per_unit(mesh)
+  accum = int(config.get('accum_steps', 1))
+  for field in ('batch_size', 'eval_batch_size'):
+    value = int(config[field])
+    if value <= 0 or value % units or value % jax.process_count():
+      raise ValueError(f'config.{field}={value} is not divisible by the {units} devices the '
+                       f'batch is split over (mesh {dict(mesh.shape)}) and the '
+                       f'{jax.process_count()} processes')
+  if accum < 1 or config.batch_size % (accum * units):
+    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
+                     f'accum_steps ({accum}) x {units} devices')
+  if config.get('pretrained_path') and not os.path.exists(config.pretrained_path):
+    raise FileNotFoundError(f'config.pretrained_path not found: {config.pretrained_path}')
+
+
+def _setup_logging(workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, f'train.{jax.process_index()}.log')
+  root = py_logging.getLogger()
+  if not any(getattr(h, 'baseFilename', None) == os.path.abspath(path) for h in root.handlers):
+    handler = py_logging.FileHandler(path)
+    handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+    handler.addFilter(_quiet_libraries)
+    root.addHandler(handler)
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+def _quiet_libraries(record: py_logging.LogRecord) -> bool:
+  """Keeps Orbax's per-save INFO chatter out of the console and the log file."""
+  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
+             source: input_pipeline.Source, batch_sharding: Any) -> dict[str, float]:
+  """Top-1/top-5 accuracy and loss over every example of the eval split, exactly once."""
+  local_batch = config.eval_batch_size // jax.process_count()
+  ds, num_batches = input_pipeline.eval_dataset(config, source, local_batch)
+  totals = None
+  for batch in input_pipeline.prefetch_to_mesh(ds.as_numpy_iterator(), batch_sharding):
+    sums = eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = float(totals['count'])
+  return {'eval_accuracy': float(totals['correct_top1']) / count,
+          'eval_top5_accuracy': float(totals['correct_top5']) / count,
+          'eval_loss': float(totals['loss_sum']) / count,
+          'eval_examples': count, 'eval_batches': num_batches}
+
+
+def _check_finite(step: int, loss: jax.Array) -> None:
+  value = float(loss)
+  if not math.isfinite(value):
+    raise FloatingPointError(f'Loss is {value} at step {step}; stopping without saving the state '
+                             'of that step (the last checkpoint is intact)')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its last checkpoint) and evaluates.
+
+  Returns the final evaluation metrics (and the last training metrics).
+  """
+  _setup_logging(workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  _validate(config, mesh)
+  train_source = input_pipeline.get_source(config, config.train_split)
+  eval_source = input_pipeline.get_source(config, config.eval_split)
+  num_classes = config.num_classes or train_source.num_classes
+  if num_classes < train_source.num_classes:
+    raise ValueError(f'config.num_classes={num_classes} but {config.dataset} has '
+                     f'{train_source.num_classes} classes')
+  total_steps = int(config.total_steps)
+  if config.get('num_epochs'):
+    total_steps = math.ceil(config.num_epochs * train_source.num_examples *
+                            jax.process_count() / config.batch_size)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.total_steps = total_steps
+
+  model = create_model(config, num_classes)
+  image_shape = (config.image_size, config.image_size, 3) if isinstance(
+      config.image_size, int) else tuple(config.image_size) + (3,)
+  params = None
+  if config.get('pretrained_path'):
+    params = load_pretrained_params(config, model, image_shape)
+  placeholder_params = params if params is not None else jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False)
+  )['params']
+  tx, schedule = optim.make_optimizer(config, placeholder_params)
+  state, state_shardings = init_state(config, model, tx, mesh, image_shape, params)
+  batch_sharding = sharding.batch_sharding(mesh)
+  if jax.process_index() == 0:
+    sharding.report(state.params, state_shardings.params)
+
+  train_step = jax.jit(make_train_step(model, tx, schedule, config),
+                       in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=(state_shardings, sharding.replicated(mesh)),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings, batch_sharding),
+                      out_shardings=sharding.replicated(mesh))
+
+  manager = ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')),
+      options=ocp.CheckpointManagerOptions(max_to_keep=int(config.keep_checkpoints),
+                                           create=True))
+  if manager.latest_step() is not None:
+    latest = manager.latest_step()
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+    logging.info('Resumed from the checkpoint of step %d in %s', latest, workdir)
+  start_step = int(jax.device_get(state.step))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0 and jax.process_index() == 0:
+    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  local_batch = config.batch_size // jax.process_count()
+  train_ds = input_pipeline.train_dataset(config, train_source, local_batch, start_step)
+  batches = input_pipeline.prefetch_to_mesh(train_ds.as_numpy_iterator(), batch_sharding)
+
+  logging.info('Training %s on %s for %d steps (from step %d), global batch %d, mesh %s',
+               config.model_name, config.dataset, total_steps, start_step, config.batch_size,
+               dict(mesh.shape))
+  history, pending = [], None
+  tick, tick_step, start_time = time.time(), start_step, time.time()
+  train_metrics: dict[str, float] = {}
+  eval_metrics: dict[str, float] = {}
+  for step in range(start_step + 1, total_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, metrics = train_step(state, next(batches))
+    if pending is not None:
+      _check_finite(*pending)  # The previous step's loss; this step is still running.
+    pending = (step, metrics['loss'])
+    history.append(metrics)
+
+    is_last = step == total_steps
+    if step % config.log_every == 0 or is_last:
+      _check_finite(*pending)
+      train_metrics = {f'train_{k}' if k != 'learning_rate' else k: float(np.mean(v))
+                       for k, v in jax.device_get(
+                           jax.tree.map(lambda *xs: jnp.stack(xs), *history)).items()}
+      history = []
+      now = time.time()
+      train_metrics['img_per_sec'] = (step - tick_step) * config.batch_size / (now - tick)
+      writer.write_scalars(step, train_metrics)
+      eta = (now - start_time) / (step - start_step) * (total_steps - step)
+      logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.3g  |g| %.3g  %.1f img/s  ETA %s',
+                   step, total_steps, train_metrics['train_loss'],
+                   train_metrics['train_accuracy'], train_metrics['learning_rate'],
+                   train_metrics['train_grad_norm'], train_metrics['img_per_sec'],
+                   time.strftime('%H:%M:%S', time.gmtime(eta)))
+      tick, tick_step = time.time(), step
+
+    if step % config.eval_every == 0 or is_last:
+      eval_metrics = evaluate(eval_step, state, config, eval_source, batch_sharding)
+      writer.write_scalars(step, {k: v for k, v in eval_metrics.items()
+                                  if k not in ('eval_examples', 'eval_batches')})
+      logging.info('step %d eval: top-1 %.4f  top-5 %.4f  loss %.4f  (%d examples)', step,
+                   eval_metrics['eval_accuracy'], eval_metrics['eval_top5_accuracy'],
+                   eval_metrics['eval_loss'], eval_metrics['eval_examples'])
+
+    if step % config.checkpoint_every == 0 or is_last:
+      _check_finite(*pending)
+      manager.save(step, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  writer.flush()
+
+  if config.get('export_npz', True):
+    params = jax.device_get(_gather(state.params))
+    if jax.process_index() == 0:
+      checkpoint.save(params, os.path.join(workdir, 'model.npz'))
+      logging.info('Exported %s', os.path.join(workdir, 'model.npz'))
+  return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
+
+
+def _gather(tree: Any) -> Any:
+  """Fully replicated host copies of possibly sharded (and multi-process) arrays."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  out = {}
+  for key, value in checkpoint.flatten(config.to_dict()).items():
+    out[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+  return out
