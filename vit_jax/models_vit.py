@@ -113,7 +113,10 @@ class Encoder1DBlock(nn.Module):
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='MlpBlock_3')(y, deterministic=deterministic)
-    return x + DropPath()(y, rate, deterministic)
+    x = x + DropPath()(y, rate, deterministic)
+    # Names the activation axes for sharding rules (vit_jax.sharding.activation_rules); a no-op
+    # when no rules are active.
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
 class _ScannedBlock(Encoder1DBlock):
@@ -156,7 +159,7 @@ class Encoder(nn.Module):
       x = AddPositionEmbs(posemb=self.posemb, grid=grid, param_dtype=self.param_dtype,
                           name='posembed_input')(x)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-    x = x.astype(self.dtype)
+    x = nn.with_logical_constraint(x.astype(self.dtype), ('batch', 'length', 'embed'))
 
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,

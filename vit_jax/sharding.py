@@ -60,6 +60,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
+def activation_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
+  """Flax logical-axis rules for activations: batch over the batch axes, the rest whole."""
+  return (('batch', batch_axes(mesh)), ('length', None), ('embed', None))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

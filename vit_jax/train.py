@@ -60,11 +60,21 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def _activation_rules(mesh: jax.sharding.Mesh | None):
+  return sharding.activation_rules(mesh) if mesh is not None else ()
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh | None = None,
                     ) -> Callable[[TrainState, dict[str, jax.Array]],
                                   tuple[TrainState, dict[str, jax.Array]]]:
-  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step."""
+  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
+
+  With `mesh`, activations are constrained by `sharding.activation_rules`; the step must then be
+  traced under `jax.set_mesh(mesh)`.
+  """
+  rules = _activation_rules(mesh)
   accum = int(config.get('accum_steps', 1))
   smoothing = float(config.get('label_smoothing', 0.))
   mixup_config = config.get('mixup')
@@ -81,8 +91,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       from vit_jax import mixup  # pylint: disable=g-import-not-at-top
       images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
     mutable = list(model_state)
-    out = model.apply({'params': params, **model_state}, images, train=True,
-                      rngs={'dropout': dropout_rng}, mutable=mutable or False)
+    with nn.logical_axis_rules(rules):
+      out = model.apply({'params': params, **model_state}, images, train=True,
+                        rngs={'dropout': dropout_rng}, mutable=mutable or False)
     logits, new_model_state = out if mutable else (out, model_state)
     loss = jnp.mean(cross_entropy(logits, targets))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -123,13 +134,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, dict[str, jax.Array]],
-                                                 dict[str, jax.Array]]:
+def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
   """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples."""
+  rules = _activation_rules(mesh)
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
-                         train=False)
+    with nn.logical_axis_rules(rules):
+      logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
+                           train=False)
     labels, mask = batch['label'], batch['mask']
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     loss = cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
@@ -260,6 +273,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _setup_logging(workdir)
   mesh = sharding.make_mesh(config.mesh)
   _validate(config, mesh)
+  with jax.set_mesh(mesh):
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh) -> dict[str, float]:
   train_source = input_pipeline.get_source(config, config.train_split)
   eval_source = input_pipeline.get_source(config, config.eval_split)
   num_classes = config.num_classes or train_source.num_classes
@@ -288,11 +307,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if jax.process_index() == 0:
     sharding.report(state.params, state_shardings.params)
 
-  train_step = jax.jit(make_train_step(model, tx, schedule, config),
+  train_step = jax.jit(make_train_step(model, tx, schedule, config, mesh),
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, sharding.replicated(mesh)),
                        donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_shardings, batch_sharding),
+  eval_step = jax.jit(make_eval_step(model, mesh), in_shardings=(state_shardings, batch_sharding),
                       out_shardings=sharding.replicated(mesh))
 
   manager = ocp.CheckpointManager(
