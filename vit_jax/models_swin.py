@@ -174,7 +174,7 @@ class WindowAttention(nn.Module):
     table = self.param('relative_position_bias_table', _dense_init,
                        ((2 * wh - 1) * (2 * ww - 1), self.num_heads), self.param_dtype)
     index = relative_position_index(self.window).reshape(-1)
-    bias = jnp.asarray(table)[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+    bias = table[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
 
     qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=_dense_init, name='qkv')(x)
