@@ -98,8 +98,92 @@ VIT_LAYOUT = Layout(
     from_params=dict,
 )
 
+# BiT (big_transfer) files: TF-style names under `resnet/`, GroupNorm `gamma`/`beta`, the head a
+# 1x1 conv, units zero-padded (`unit01`). Norm and conv of one letter (a, b, c) are our gn{i} and
+# conv{i}; `a/proj` is the projection shortcut. Some files number their convs
+# `standardized_conv2d_N` (Keras layer naming), which means the same thing.
+_BIT_PREFIX = 'resnet/'
+_BIT_CONV_N_RE = re.compile(r'(^|/)standardized_conv2d_\d+/')
+_BIT_FIXED = {
+    'root_block/standardized_conv2d/kernel': 'conv_root/kernel',
+    'group_norm/gamma': 'gn_pre_head/scale',
+    'group_norm/beta': 'gn_pre_head/bias',
+    'head/conv2d/kernel': 'head/kernel',
+    'head/conv2d/bias': 'head/bias',
+}
+# Inside a unit: our `gn{i}` and `conv{i}` are the norm and conv of letter a, b, c.
+_BIT_UNIT_LEAVES = {'conv_proj/kernel': 'a/proj/standardized_conv2d/kernel'}
+for _i, _letter in enumerate('abc', 1):
+  _BIT_UNIT_LEAVES.update({f'conv{_i}/kernel': f'{_letter}/standardized_conv2d/kernel',
+                           f'gn{_i}/scale': f'{_letter}/group_norm/gamma',
+                           f'gn{_i}/bias': f'{_letter}/group_norm/beta'})
+_BIT_UNIT_RE = re.compile(r'^block(\d+)/unit(\d+)/(.+)$')
+
+
+def _bit_rename(name: str, fixed: Mapping[str, str], unit_leaves: Mapping[str, str]) -> str | None:
+  """Renames one key between the layouts (in the direction of the two tables), or None."""
+  if name in fixed:
+    return fixed[name]
+  match = _BIT_UNIT_RE.match(name)
+  if not match or match.group(3) not in unit_leaves:
+    return None
+  block, unit, leaf = match.groups()
+  return f'block{int(block)}/unit{int(unit):02d}/{unit_leaves[leaf]}'
+
+
+def _bit_path(key: str) -> str:
+  """A BiT file key -> our parameter path."""
+  path = None
+  if key.startswith(_BIT_PREFIX):
+    name = _BIT_CONV_N_RE.sub(r'\1standardized_conv2d/', key[len(_BIT_PREFIX):])
+    path = _bit_rename(name, _BIT_FIXED, {v: k for k, v in _BIT_UNIT_LEAVES.items()})
+  if path is None:
+    raise CheckpointError(f'Unrecognised key in a BiT checkpoint: {key}')
+  return path
+
+
+def _bit_key(path: str) -> str:
+  """Our parameter path -> the BiT file key."""
+  name = _bit_rename(path, {v: k for k, v in _BIT_FIXED.items()}, _BIT_UNIT_LEAVES)
+  if name is None:
+    raise CheckpointError(f'Parameter {path} has no place in the BiT checkpoint layout')
+  return _BIT_PREFIX + name
+
+
+def _bit_to_params(flat: FlatParams) -> FlatParams:
+  out, sources = {}, {}
+  for key, value in flat.items():
+    path = _bit_path(key)
+    if path in out:
+      raise CheckpointError(f'BiT checkpoint keys {sources[path]} and {key} both hold {path}')
+    value = np.asarray(value)
+    if path == 'head/kernel':
+      value = value.reshape(value.shape[-2:])  # 1x1 conv (1, 1, C, n) -> Dense (C, n).
+    elif path.endswith(('/scale', '/bias')) and path != 'head/bias':
+      value = value.reshape(-1)  # GroupNorm parameters, sometimes stored as (1, 1, 1, C).
+    out[path], sources[path] = value, key
+  return out
+
+
+def _bit_from_params(flat: FlatParams) -> FlatParams:
+  out = {}
+  for path, value in flat.items():
+    if path == 'head/kernel':
+      value = np.asarray(value)[None, None]
+    out[_bit_key(path)] = value
+  return out
+
+
+BIT_LAYOUT = Layout(
+    name='bit',
+    matches_checkpoint=lambda keys: any(key.startswith(_BIT_PREFIX) for key in keys),
+    matches_params=lambda keys: any(key.startswith('gn_pre_head/') for key in keys),
+    to_params=_bit_to_params,
+    from_params=_bit_from_params,
+)
+
 # Most specific first; the ViT layout, which accepts anything, last.
-LAYOUTS: list[Layout] = [VIT_LAYOUT]
+LAYOUTS: list[Layout] = [BIT_LAYOUT, VIT_LAYOUT]
 
 
 def _layout_for_checkpoint(keys: Sequence[str]) -> Layout:

@@ -8,6 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from vit_jax import models_resnet
 from vit_jax.models_swin import SwinTransformer
 from vit_jax.models_vit import VisionTransformer
 from vit_jax.zoo import MODEL_CONFIGS, MODEL_FAMILIES
@@ -17,6 +18,9 @@ __all__ = ['MODEL_CONFIGS', 'VisionTransformer', 'get_model', 'model_class']
 _CLASSES: dict[str, type[nn.Module]] = {
     'vit': VisionTransformer,
     'swin': SwinTransformer,
+    'bit': models_resnet.ResNetV2,
+    'resnet': models_resnet.ResNet,
+    'cnn': models_resnet.CifarCNN,
 }
 
 

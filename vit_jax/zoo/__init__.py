@@ -2,10 +2,14 @@
 
 import ml_collections
 
+from vit_jax.zoo import cnn
+from vit_jax.zoo import hybrid
+from vit_jax.zoo import resnet
+from vit_jax.zoo import resnet_v1
 from vit_jax.zoo import swin
 from vit_jax.zoo import vit
 
-_FAMILY_MODULES = (vit, swin)
+_FAMILY_MODULES = (vit, swin, hybrid, resnet, resnet_v1, cnn)
 
 MODEL_CONFIGS: dict[str, ml_collections.ConfigDict] = {}
 MODEL_FAMILIES: dict[str, str] = {}
