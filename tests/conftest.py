@@ -1,12 +1,6 @@
 """Shared fixtures: optional oracles (timm, torch) and helpers for random-weight models."""
 
-import os
-
 import pytest
-
-# Tests never download: TFDS reads the offline copy where the workplace has one.
-SHARED_TFDS = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'tfds')
-
 
 @pytest.fixture(scope='session')
 def timm():
@@ -16,3 +10,17 @@ def timm():
     return import_timm()
   except ImportError as e:
     pytest.skip(f'timm oracle unavailable: {e}')
+
+@pytest.fixture(scope='session')
+def data_overrides(tmp_path_factory):
+  """Real CIFAR-10 slices where the offline copy exists, a generated image folder otherwise.
+
+  Tests never download: TFDS reads the offline copy where the workplace has one.
+  """
+  from helpers import cifar_dir, make_image_folder  # pylint: disable=g-import-not-at-top
+  cifar = cifar_dir()
+  if cifar:
+    return dict(dataset='cifar10', data_dir=cifar)
+  root = make_image_folder(str(tmp_path_factory.mktemp('images')),
+                           splits=(('train', 400), ('test', 100)))
+  return dict(dataset='imagefolder', data_dir=root)

@@ -17,7 +17,7 @@ import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 16
 
@@ -36,13 +36,13 @@ def run(mesh_axes, rules, num_devices, steps, out, fsdp_report):
   config.sharding_rules = rules
   devices = jax.devices()[:num_devices] if num_devices else None
   mesh = sharding.make_mesh(mesh_axes, devices)
-  model = train.create_model(config, 10)
+  model = step_lib.create_model(config, 10)
   with jax.set_mesh(mesh):
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
     tx, schedule = optim.make_optimizer(config, shapes['params'])
-    state, shardings = train.init_state(config, model, tx, mesh, (32, 32, 3))
+    state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
     batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(train.make_train_step(model, tx, schedule, config, mesh),
+    step_fn = jax.jit(step_lib.make_train_step(model, tx, schedule, config, mesh),
                       in_shardings=(shardings, batch_sharding),
                       out_shardings=(shardings, sharding.replicated(mesh)))
     losses = []
@@ -56,7 +56,7 @@ def run(mesh_axes, rules, num_devices, steps, out, fsdp_report):
       losses.append(float(metrics['loss']))
     shard_shapes = {sharding.path_str(path): list(x.addressable_shards[0].data.shape)
                     for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}
-    params = train._gather(state.params)  # pylint: disable=protected-access
+    params = sharding.gather(state.params)
   if jax.process_index() == 0:
     flat = {k: np.asarray(v) for k, v in checkpoint.flatten(jax.device_get(params)).items()}
     np.savez(out, losses=np.array(losses), **{f'params/{k}': v for k, v in flat.items()})

@@ -1,7 +1,24 @@
 """Helpers shared by the tests."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import jax
 import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_TFDS = os.path.join(REPO, '..', 'shared', 'data', 'tfds')
+
+
+def cifar_dir():
+  """The TFDS data directory holding CIFAR-10 offline, or None."""
+  for candidate in (os.environ.get('TFDS_DATA_DIR'), SHARED_TFDS):
+    if candidate and os.path.isdir(os.path.join(candidate, 'cifar10')):
+      return os.path.abspath(candidate)
+  return None
 
 
 def randomize(params, seed: int = 0, scale: float = 0.02):
@@ -32,3 +49,24 @@ def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3,
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
             os.path.join(folder, f'{i}.png'))
   return root
+
+
+def run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
+  args = [sys.executable, '-m', 'vit_jax.main',
+          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{data_overrides["dataset"]}',
+          f'--workdir={workdir}', f'--config.data_dir={data_overrides["data_dir"]}', *extra]
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+  if kill_after_checkpoint is None:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+  target = os.path.join(workdir, 'checkpoints', str(kill_after_checkpoint))
+  deadline = time.time() + 600
+  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert os.path.isdir(target), 'the run ended before writing the checkpoint to kill after'
+  return None

@@ -1,7 +1,6 @@
 """Original-format `.npz` checkpoints: round trips, layouts, errors, and resolution transfer."""
 
 import os
-import zipfile
 
 import jax
 import jax.numpy as jnp

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from test_train import REPO, _run_main, data_overrides  # pylint: disable=unused-import
+from helpers import REPO, run_main
 from vit_jax import checkpoint
 
 WORKER = os.path.join(REPO, 'tests', 'distributed_worker.py')
@@ -88,10 +87,10 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_overrides, monkey
   fsdp = ('--config.mesh=(("data", 8),)',
           '--config.sharding_rules=((".*", "fsdp:data:256"),)')
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
-  _run_main(tmp_path / 'straight', data_overrides, extra=fsdp)
-  _run_main(tmp_path / 'moved', data_overrides, extra=fsdp, kill_after_checkpoint=4)
+  run_main(tmp_path / 'straight', data_overrides, extra=fsdp)
+  run_main(tmp_path / 'moved', data_overrides, extra=fsdp, kill_after_checkpoint=4)
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
-  out = _run_main(tmp_path / 'moved', data_overrides)
+  out = run_main(tmp_path / 'moved', data_overrides)
   assert 'Final:' in out
   log = (tmp_path / 'moved' / 'train.0.log').read_text()
   assert 'Resumed from the checkpoint of step' in log

@@ -1,7 +1,6 @@
 """Oracle: files written by `checkpoint.save` load in timm's own npz loader with equal logits."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

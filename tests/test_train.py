@@ -2,10 +2,8 @@
 fine-tuning at a higher resolution, optimizers against hand-computed updates, clear errors."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -13,35 +11,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import make_image_folder
+from helpers import REPO, run_main
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax import input_pipeline
 from vit_jax import optim
 from vit_jax import sharding
+from vit_jax import step as step_lib
 from vit_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_TFDS = os.path.join(REPO, '..', 'shared', 'data', 'tfds')
-
-
-def _cifar_dir():
-  for candidate in (os.environ.get('TFDS_DATA_DIR'), SHARED_TFDS):
-    if candidate and os.path.isdir(os.path.join(candidate, 'cifar10')):
-      return os.path.abspath(candidate)
-  return None
-
-
-@pytest.fixture(scope='module')
-def data_overrides(tmp_path_factory):
-  """Real CIFAR-10 slices where the offline copy exists, a generated image folder otherwise."""
-  cifar = _cifar_dir()
-  if cifar:
-    return dict(dataset='cifar10', data_dir=cifar)
-  root = make_image_folder(str(tmp_path_factory.mktemp('images')),
-                           splits=(('train', 400), ('test', 100)))
-  return dict(dataset='imagefolder', data_dir=root)
-
 
 def make_config(data_overrides, **overrides):
   config = tiny_config.get_config(data_overrides['dataset'])
@@ -55,11 +32,11 @@ def test_loss_decreases_on_real_data(data_overrides):
   config.model.transformer.dropout_rate = 0.0
   mesh = sharding.make_mesh(config.mesh)
   source = input_pipeline.get_source(config, config.train_split)
-  model = train.create_model(config, source.num_classes)
+  model = step_lib.create_model(config, source.num_classes)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   tx, schedule = optim.make_optimizer(config, shapes['params'])
-  state, shardings = train.init_state(config, model, tx, mesh, (32, 32, 3))
-  step = jax.jit(train.make_train_step(model, tx, schedule, config),
+  state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config),
                  in_shardings=(shardings, sharding.batch_sharding(mesh)), donate_argnums=(0,))
   ds = input_pipeline.train_dataset(config, source, config.batch_size)
   losses = []
@@ -95,13 +72,13 @@ def test_eval_counts_every_example_once(data_overrides):
 
   # The jitted eval step's sums equal a NumPy reference on the same logits.
   mesh = sharding.make_mesh(config.mesh)
-  model = train.create_model(config, 10)
+  model = step_lib.create_model(config, 10)
   tx, _ = optim.make_optimizer(config, jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params'])
-  state, _ = train.init_state(config, model, tx, mesh, (32, 32, 3))
+  state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
   state = state.replace(params=jax.tree.map(lambda p: p + 0.02 * jnp.sin(
       jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), state.params))
-  metrics = train.evaluate(jax.jit(train.make_eval_step(model)), state, config, source,
+  metrics = train.evaluate(jax.jit(step_lib.make_eval_step(model)), state, config, source,
                            sharding.batch_sharding(mesh))
   images = np.concatenate([b['image'] for b in batches])[:300]
   labels = np.concatenate([b['label'] for b in batches])[:300]
@@ -113,32 +90,11 @@ def test_eval_counts_every_example_once(data_overrides):
                              np.mean((top5 == labels[:, None]).any(-1)))
 
 
-def _run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
-  args = [sys.executable, '-m', 'vit_jax.main',
-          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{data_overrides["dataset"]}',
-          f'--workdir={workdir}', f'--config.data_dir={data_overrides["data_dir"]}', *extra]
-  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
-  proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-  if kill_after_checkpoint is None:
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-3000:]
-    return out
-  target = os.path.join(workdir, 'checkpoints', str(kill_after_checkpoint))
-  deadline = time.time() + 600
-  while not os.path.isdir(target) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  assert os.path.isdir(target), 'the run ended before writing the checkpoint to kill after'
-  return None
-
-
 def test_sigkill_and_resume_gives_identical_parameters(tmp_path, data_overrides):
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-  _run_main(straight, data_overrides)
-  _run_main(killed, data_overrides, kill_after_checkpoint=4)
-  out = _run_main(killed, data_overrides)
+  run_main(straight, data_overrides)
+  run_main(killed, data_overrides, kill_after_checkpoint=4)
+  out = run_main(killed, data_overrides)
   assert 'Resumed from the checkpoint of step' in (killed / 'train.0.log').read_text()
   assert 'Final:' in out
   a = checkpoint.flatten(checkpoint.load(straight / 'model.npz'))
@@ -255,7 +211,7 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   config = make_config(data_overrides, batch_size=32)
   config.model.transformer.dropout_rate = 0.0
   mesh = sharding.make_mesh(config.mesh)
-  model = train.create_model(config, 10)
+  model = step_lib.create_model(config, 10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (32, 32, 32, 3)),
            'label': jnp.arange(32) % 10}
@@ -263,8 +219,8 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   for accum in (1, 4):
     config.accum_steps = accum
     tx, schedule = optim.make_optimizer(config, shapes['params'])
-    state, _ = train.init_state(config, model, tx, mesh, (32, 32, 3))
-    step = jax.jit(train.make_train_step(model, tx, schedule, config))
+    state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+    step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
     for _ in range(2):
       state, metrics = step(state, batch)
     results.append(state.params)

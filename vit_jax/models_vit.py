@@ -8,7 +8,7 @@ with pre-linen numbering (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `Laye
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax

@@ -150,3 +150,11 @@ def report(tree: Any, shardings: Any, min_size: int = 2**16) -> str:
   text = '\n'.join(lines)
   logging.info('Sharding of large tensors:\n%s', text)
   return text
+
+
+def gather(tree: Any) -> Any:
+  """Fully replicated host-side copies of (possibly sharded, multi-process) arrays."""
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(tree, tiled=True)

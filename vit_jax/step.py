@@ -1,0 +1,213 @@
+"""The train and eval steps, the train state, and their memory footprint (no TensorFlow).
+
+`make_train_step` / `make_eval_step` return plain functions that `vit_jax.train` jits with the
+shardings of `vit_jax.sharding`; the benchmark compiles the same step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_jax import models
+from vit_jax import optim
+from vit_jax import sharding
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, state and steps.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs: optimizer steps done, parameters, optimizer and model state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # Mutable collections other than params, e.g. BatchNorm's batch_stats.
+  rng: jax.Array  # Base key (raw uint32[2], storable by Orbax); step keys fold in the step.
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+  return models.get_model(config.model_name, num_classes=num_classes, **overrides)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against (soft) target distributions."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _activation_rules(mesh: jax.sharding.Mesh | None):
+  return sharding.activation_rules(mesh) if mesh is not None else ()
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh | None = None,
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, dict[str, jax.Array]]]:
+  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
+
+  With `mesh`, activations are constrained by `sharding.activation_rules`; the step must then be
+  traced under `jax.set_mesh(mesh)`.
+  """
+  rules = _activation_rules(mesh)
+  accum = int(config.get('accum_steps', 1))
+  smoothing = float(config.get('label_smoothing', 0.))
+  mixup_config = config.get('mixup')
+
+  def targets_for(labels, num_classes):
+    return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing \
+        else jax.nn.one_hot(labels, num_classes)
+
+  def loss_fn(params, model_state, images, labels, rng):
+    mix_rng, dropout_rng = jax.random.split(rng)
+    num_classes = model.num_classes
+    targets = targets_for(labels, num_classes)
+    if mixup_config:
+      from vit_jax import mixup  # pylint: disable=g-import-not-at-top
+      images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
+    mutable = list(model_state)
+    with nn.logical_axis_rules(rules):
+      out = model.apply({'params': params, **model_state}, images, train=True,
+                        rngs={'dropout': dropout_rng}, mutable=mutable or False)
+    logits, new_model_state = out if mutable else (out, model_state)
+    loss = jnp.mean(cross_entropy(logits, targets))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, (accuracy, new_model_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def micro_step(carry, xs):
+    params, opt_state, model_state = carry
+    images, labels, rng = xs
+    (loss, (accuracy, model_state)), grads = grad_fn(params, model_state, images, labels, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+    return (params, opt_state, model_state), metrics
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    images, labels = batch['image'], batch['label']
+    carry = (state.params, state.opt_state, state.model_state)
+    if accum == 1:
+      carry, metrics = micro_step(carry, (images, labels, step_rng))
+    else:
+      # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
+      # holds rows of every micro-batch, so all devices work in every micro-step.
+      def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+      rngs = jax.random.split(step_rng, accum)
+      carry, metrics = jax.lax.scan(micro_step, carry, (split(images), split(labels), rngs))
+      metrics = jax.tree.map(jnp.mean, metrics)
+    params, opt_state, model_state = carry
+    metrics['learning_rate'] = schedule(state.step)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
+  """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples."""
+  rules = _activation_rules(mesh)
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    with nn.logical_axis_rules(rules):
+      logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
+                           train=False)
+    labels, mask = batch['label'], batch['mask']
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    loss = cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    return {
+        'correct_top1': jnp.sum((top5[:, 0] == labels) * mask),
+        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        'loss_sum': jnp.sum(loss * mask),
+        'count': jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def init_state(config: ml_collections.ConfigDict, model: nn.Module,
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+               image_shape: tuple[int, int, int], params: Any | None = None,
+               ) -> tuple[TrainState, Any]:
+  """Initialises (or wraps given `params` into) a TrainState laid out on `mesh`.
+
+  Returns (state, state_shardings). Parameters are created directly in their sharded layout.
+  """
+  make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, params)
+  state = jax.jit(make, out_shardings=shardings)(init_rng, params)
+  return state, shardings
+
+
+def _state_factory(config, model, tx, mesh, image_shape, params):
+  """(make(rng, params) -> TrainState, its init rng, the state's shardings by the rules)."""
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+
+  def make(rng, given):
+    variables = flax.core.unfreeze(
+        model.init({'params': rng, 'dropout': rng}, dummy, train=False))
+    p = variables.pop('params') if given is None else given
+    variables.pop('intermediates', None)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                      model_state=variables, rng=state_rng)
+
+  abstract = jax.eval_shape(make, init_rng, params)
+  shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))
+  return make, init_rng, shardings
+
+
+def memory_analysis(config: ml_collections.ConfigDict, num_classes: int,
+                    mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Per-device bytes of the train step of `config` on `mesh`, without running it.
+
+  Parameters and optimizer state are counted from their shardings; XLA's compiled memory
+  analysis gives the step's arguments, outputs and temporaries.
+  """
+  model = create_model(config, num_classes)
+  size = config.image_size
+  image_shape = (size, size, 3) if isinstance(size, int) else tuple(size) + (3,)
+  with jax.set_mesh(mesh):
+    abstract_params = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False))['params']
+    tx, schedule = optim.make_optimizer(config, abstract_params)
+    make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, None)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            jax.eval_shape(make, init_rng, None), shardings)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {'image': jax.ShapeDtypeStruct((config.batch_size,) + image_shape, jnp.float32,
+                                           sharding=batch_sharding),
+             'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
+                                           sharding=batch_sharding)}
+    step = jax.jit(make_train_step(model, tx, schedule, config, mesh),
+                   in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    compiled = step.lower(abstract, batch).compile()
+
+  def per_device(tree):
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(tree))
+
+  stats = compiled.memory_analysis()
+  return {
+      'params_bytes': per_device(abstract.params),
+      'opt_state_bytes': per_device(abstract.opt_state),
+      'argument_bytes': stats.argument_size_in_bytes,
+      'output_bytes': stats.output_size_in_bytes,
+      'temp_bytes': stats.temp_size_in_bytes,
+  }
