@@ -227,3 +227,36 @@ def test_mix_input_checks_and_integer_images():
     mixup.mix(jax.random.key(0), images, labels[:3], num_classes=5)
   with pytest.raises(ValueError, match='Bad mixup settings'):
     mixup.mix(jax.random.key(0), images, labels, num_classes=5, switch_prob=2.)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Swin recipe's wiring: preprocessing strings and the train step's mixup hook.
+
+
+def test_swin_config_pipeline_and_mixup():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'swin.py')
+  spec = importlib.util.spec_from_file_location('swin_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  imagenet = module.get_config('Swin-T')
+  assert 'randaug(' in imagenet.pp_train and 'random_erasing(' in imagenet.pp_train
+  assert len(preprocess.parse(imagenet.pp_train, 224)) == 5
+
+  config = module.get_config('cifar10')  # The same ops, run at CIFAR size (fast).
+  ops = preprocess.parse(config.pp_train, 32)
+  run = tf.function(lambda image, seed: preprocess.apply(ops, image, seed))
+  image = tf.constant(sample_image(32, 32))
+  out = run(image, tf.constant([0, 1], tf.int64))
+  assert out.dtype == tf.float32 and out.shape == (32, 32, 3)
+  np.testing.assert_array_equal(out, run(image, tf.constant([0, 1], tf.int64)))
+  # train.py calls mixup.mix(rng, images, smoothed targets, **config.mixup).
+  images, targets = jax.jit(lambda rng, x, y: mixup.mix(rng, x, y, **config.mixup))(
+      jax.random.key(0), jnp.zeros((4, 32, 32, 3)), jax.nn.one_hot(jnp.arange(4), 10))
+  assert images.shape == (4, 32, 32, 3)
+  np.testing.assert_allclose(targets.sum(-1), 1., atol=1e-6)
+  with pytest.raises(ValueError, match='Unknown argument'):
+    module.get_config('Swin-X')

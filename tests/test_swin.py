@@ -377,3 +377,28 @@ def test_short_adamw_run_lowers_loss():
     params, opt_state, loss = step(params, opt_state, jax.random.key(i))
     losses.append(float(loss))
   assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_swin_config_decays_only_kernels():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from vit_jax import optim  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'swin.py')
+  spec = importlib.util.spec_from_file_location('swin_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for arg, drop_path in (('Swin-T', 0.2), ('Swin-S', 0.3), ('Swin-B', 0.5), ('cifar10', 0.1)):
+    config = module.get_config(arg)
+    assert config.model.stochastic_depth == drop_path
+    model = models.get_model(config.model_name, num_classes=10, **config.model.to_dict())
+    size = config.image_size
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    flat = checkpoint.flatten(optim.decay_mask(shapes['params'],
+                                               config.optimizer.decay_pattern))
+    for path, decayed in flat.items():
+      assert decayed == path.endswith('kernel'), path
+    assert any(path.endswith('relative_position_bias_table') for path in flat)
+  config = module.get_config('Swin-T')
+  assert config.lr.base == 1e-3 and config.batch_size == 1024  # 5e-4 x 1024 / 512.
+  assert config.lr.warmup_steps == 20 * (1_281_167 // 1024)
+  assert config.optimizer.weight_decay == 0.05 and config.grad_clip_norm == 5.

@@ -14,6 +14,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from vit_jax import augment
+
 Op = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 _OPS: dict[str, Callable[..., Op]] = {}
 
@@ -150,3 +152,15 @@ def normalize(stats: str | tuple[tuple[float, ...], tuple[float, ...]] = 'imagen
     stats = MEAN_STD[stats]
   mean, std = (tf.constant(v, tf.float32) for v in stats)
   return lambda image, seed: (tf.cast(image, tf.float32) / 255. - mean) / std
+
+
+@register('randaug')
+def randaug(spec: str = 'rand-m9-mstd0.5-inc1') -> Op:
+  """timm's RandAugment from its config string, on uint8 images (vit_jax/augment.py)."""
+  return augment.randaugment_op(spec)
+
+
+@register('random_erasing')
+def random_erasing(prob: float = 0.25, mode: str = 'pixel') -> Op:
+  """timm's RandomErasing; goes after `normalize` (it fills with N(0, 1) noise)."""
+  return augment.random_erasing_op(prob=prob, mode=mode)
