@@ -28,7 +28,7 @@ Dtype = Any
 Window = tuple[int, int]
 
 # Logit added between tokens that came from different image regions after the cyclic shift. The
-# official code uses -100 rather than -inf; with it, a fully masked row still has a finite softmax.
+# official code adds -100, not -inf: exp(-100) is tiny but not zero, so we keep it for parity.
 _MASK_VALUE = -100.
 _LN_EPSILON = 1e-5
 _dense_init = nn.initializers.truncated_normal(stddev=0.02)
@@ -93,7 +93,7 @@ def relative_position_index(window: Window) -> np.ndarray:
 
 
 def window_partition(x: Array, window: Window) -> Array:
-  """(B, H, W, C) -> (B, num_windows, wh * ww, C), windows in row-major order."""
+  """(B, H, W, C) -> (B, num_windows, wh * ww, C), windows in row-major order (jax or numpy)."""
   b, h, w, c = x.shape
   wh, ww = window
   x = x.reshape(b, h // wh, wh, w // ww, ww, c)
@@ -182,6 +182,8 @@ class WindowAttention(nn.Module):
     qkv = qkv.reshape(*batch, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     logits = jnp.einsum('...qhd,...khd->...hqk', q * head_dim**-0.5, k)
+    # Softmax in float32 also under bfloat16 compute: bias and mask add to logits whose small
+    # differences bfloat16's 8-bit mantissa would round away.
     logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
     if mask is not None:
       logits = logits + mask[:, None]  # (num_windows, 1, N, N) broadcast over batch and heads.
