@@ -37,6 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
   config.mixup = placeholder(ml_collections.ConfigDict)
   config.label_smoothing = 0.0
+  # DeiT distillation (vit_jax/distill.py): a ConfigDict with teacher_model (zoo name),
+  # teacher_path (.npz), teacher_overrides, kind ('hard' or 'soft'), alpha, temperature; the
+  # student sets config.model.distilled = True.
+  config.distillation = placeholder(ml_collections.ConfigDict)
 
   # Optimisation. Global batch; accum_steps micro-batches per step to fit small memories.
   config.batch_size = 512

@@ -26,6 +26,8 @@ _OPT_PREFIX = 'opt/target/'
 # Hybrid checkpoints written by early flax store GroupNorm scale/bias as (1, 1, 1, C).
 _GROUPNORM_RE = re.compile(r'gn(\d+|_root|_proj)$')
 _SCANNED_BLOCK = 'encoderblock'
+# Classifier heads, re-initialised for fine-tuning ('head_dist': DeiT's distillation head).
+_HEADS = ('head', 'head_dist')
 _BLOCK_RE = re.compile(r'^encoderblock_(\d+)$')
 
 
@@ -333,7 +335,7 @@ def inspect_params(*, params: Mapping[str, Any], expected: Mapping[str, Any],
   result = {}
   for key, value in flat.items():
     if key in flat_expected:
-      result[key] = np.asarray(value).astype(np.asarray(flat_expected[key]).dtype)
+      result[key] = np.asarray(value).astype(flat_expected[key].dtype)  # Arrays or ShapeDtypeStructs.
   return unflatten(result)
 
 
@@ -425,11 +427,11 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
     top = key.split('/')[0]
     if top == 'pre_logits' and representation_size is None:
       del flat[key]  # Fine-tuning without a representation layer, as in the paper.
-    elif top == 'head' and reset_head:
+    elif top in _HEADS and reset_head:
       del flat[key]
   for key, value in flat_init.items():
     top = key.split('/')[0]
-    if (top == 'head' and reset_head) or (top == 'pre_logits' and key not in flat):
+    if (top in _HEADS and reset_head) or (top == 'pre_logits' and key not in flat):
       flat[key] = np.asarray(value)
   if _is_scanned(list(flat_init)):
     flat = stack_encoder(flat)

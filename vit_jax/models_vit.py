@@ -266,6 +266,8 @@ class VisionTransformer(nn.Module):
     head_zero_init: zero kernel as in the original (fine-tuning); False uses LeCun normal.
     posemb: 'learn' (checkpoint-compatible) or 'sincos2d' (fixed).
     dtype: compute dtype (e.g. 'bfloat16'); parameters stay in `param_dtype`.
+    distilled: DeiT's distillation token `dist` after `cls`, with its own head `head_dist`;
+      training returns (cls logits, dist logits), inference their average.
     model_name: zoo name, informational.
   """
   num_classes: Optional[int]
@@ -281,6 +283,7 @@ class VisionTransformer(nn.Module):
   dtype: Any = 'float32'
   param_dtype: Any = 'float32'
   sow_weights: bool = False
+  distilled: bool = False
   model_name: Optional[str] = None
 
   @nn.compact
@@ -306,13 +309,21 @@ class VisionTransformer(nn.Module):
 
     if self.classifier in ('token', 'token_unpooled'):
       cls = self.param('cls', nn.initializers.zeros, (1, 1, c), param_dtype)
-      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]).astype(x.dtype), x], axis=1)
+      prefix = [cls]
+      if self.distilled:
+        prefix.append(self.param('dist', nn.initializers.normal(stddev=0.02), (1, 1, c),
+                                 param_dtype))
+      prefix = jnp.concatenate(prefix, axis=1).astype(x.dtype)
+      x = jnp.concatenate([jnp.tile(prefix, [n, 1, 1]), x], axis=1)
+    elif self.distilled:
+      raise ValueError(f"distilled=True needs classifier 'token', got {self.classifier!r}")
 
     encoder_fields = dict(self.transformer)
     x = Encoder(posemb=self.posemb, sow_weights=self.sow_weights, dtype=dtype,
                 param_dtype=param_dtype, name='Transformer', **encoder_fields)(
                     x, train=train, grid=(h, w))
 
+    x_dist = x[:, 1] if self.distilled and self.classifier == 'token' else None
     if self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
@@ -336,7 +347,12 @@ class VisionTransformer(nn.Module):
     if self.num_classes is None:
       return x
     kernel_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
-    x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head',
-                 kernel_init=kernel_init,
-                 bias_init=nn.initializers.constant(self.head_bias_init))(x)
-    return x.astype(jnp.float32)
+    head = functools.partial(nn.Dense, self.num_classes, dtype=dtype, param_dtype=param_dtype,
+                             kernel_init=kernel_init,
+                             bias_init=nn.initializers.constant(self.head_bias_init))
+    x = head(name='head')(x).astype(jnp.float32)
+    if x_dist is None:
+      return x
+    # DeiT: both heads' logits for the distillation loss in training, their average otherwise.
+    x_dist = head(name='head_dist')(x_dist).astype(jnp.float32)
+    return (x, x_dist) if train else (x + x_dist) / 2

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vit_jax import distill
+from vit_jax import mixup
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
@@ -51,51 +53,68 @@ def _activation_rules(mesh: jax.sharding.Mesh | None):
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
-                    mesh: jax.sharding.Mesh | None = None,
-                    ) -> Callable[[TrainState, dict[str, jax.Array]],
-                                  tuple[TrainState, dict[str, jax.Array]]]:
+                    mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
 
-  With `mesh`, activations are constrained by `sharding.activation_rules`; the step must then be
-  traced under `jax.set_mesh(mesh)`.
+  `train_step(state, batch)`, or with a DeiT `teacher` `train_step(state, batch,
+  teacher_variables)`: the frozen teacher sees the same (mixed) images, and only its logits enter
+  the loss. With `mesh`, activations are constrained by `sharding.activation_rules`; the step
+  must then be traced under `jax.set_mesh(mesh)`.
   """
   rules = _activation_rules(mesh)
   accum = int(config.get('accum_steps', 1))
   smoothing = float(config.get('label_smoothing', 0.))
   mixup_config = config.get('mixup')
+  distillation = config.get('distillation')
+  if teacher is not None and not distillation:
+    raise ValueError('A teacher was given but config.distillation is not set')
 
-  def targets_for(labels, num_classes):
-    return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing \
-        else jax.nn.one_hot(labels, num_classes)
+  def targets_for(labels):
+    targets = jax.nn.one_hot(labels, model.num_classes)
+    return optax.smooth_labels(targets, smoothing) if smoothing else targets
 
-  def loss_fn(params, model_state, images, labels, rng):
-    mix_rng, dropout_rng = jax.random.split(rng)
-    num_classes = model.num_classes
-    targets = targets_for(labels, num_classes)
-    if mixup_config:
-      from vit_jax import mixup  # pylint: disable=g-import-not-at-top
-      images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
+  def loss_fn(params, model_state, images, targets, labels, teacher_logits, dropout_rng):
     mutable = list(model_state)
     with nn.logical_axis_rules(rules):
       out = model.apply({'params': params, **model_state}, images, train=True,
                         rngs={'dropout': dropout_rng}, mutable=mutable or False)
     logits, new_model_state = out if mutable else (out, model_state)
-    loss = jnp.mean(cross_entropy(logits, targets))
+    if isinstance(logits, tuple):  # A distilled ViT: (class-token logits, dist-token logits).
+      if teacher_logits is None:
+        raise ValueError('A distilled model needs a teacher (config.distillation)')
+      cls_logits, dist_logits = logits
+      loss = distill.distillation_loss(
+          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.get('kind', 'hard'),
+          alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.))
+      logits = (cls_logits + dist_logits) / 2
+    else:
+      loss = jnp.mean(cross_entropy(logits, targets))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss, (accuracy, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def micro_step(carry, xs):
-    params, opt_state, model_state = carry
-    images, labels, rng = xs
-    (loss, (accuracy, model_state)), grads = grad_fn(params, model_state, images, labels, rng)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
-    return (params, opt_state, model_state), metrics
+  def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
+    def micro_step(carry, xs):
+      params, opt_state, model_state = carry
+      images, labels, rng = xs
+      mix_rng, dropout_rng = jax.random.split(rng)
+      targets = targets_for(labels)
+      if mixup_config:
+        images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
+      teacher_logits = None
+      if teacher is not None:
+        with nn.logical_axis_rules(rules):
+          teacher_logits = jax.lax.stop_gradient(
+              teacher.apply(teacher_variables, images, train=False))
+      (loss, (accuracy, model_state)), grads = grad_fn(
+          params, model_state, images, targets, labels, teacher_logits, dropout_rng)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+      return (params, opt_state, model_state), metrics
 
-  def train_step(state: TrainState, batch: dict[str, jax.Array]):
     step_rng = jax.random.fold_in(state.rng, state.step)
     images, labels = batch['image'], batch['label']
     carry = (state.params, state.opt_state, state.model_state)

@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
+from vit_jax import distill
 from vit_jax import input_pipeline
 from vit_jax import optim
 from vit_jax import sharding
@@ -157,10 +158,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     sharding.report(state.params, state_shardings.params)
 
-  train_step = jax.jit(make_train_step(model, tx, schedule, config, mesh),
-                       in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, sharding.replicated(mesh)),
-                       donate_argnums=(0,))
+  teacher, teacher_variables = None, None
+  if config.get('distillation'):
+    teacher, teacher_variables = distill.load_teacher(config, num_classes)
+    teacher_variables = jax.device_put(teacher_variables, sharding.replicated(mesh))
+    logging.info('Distilling from %s (%s)', config.distillation.teacher_model,
+                 config.distillation.teacher_path)
+  jitted_step = jax.jit(make_train_step(model, tx, schedule, config, mesh, teacher),
+                        in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
+                        out_shardings=(state_shardings, sharding.replicated(mesh)),
+                        donate_argnums=(0,))
+
+  def train_step(state, batch):
+    return jitted_step(state, batch, teacher_variables)
   eval_step = jax.jit(make_eval_step(model, mesh), in_shardings=(state_shardings, batch_sharding),
                       out_shardings=sharding.replicated(mesh))
 
@@ -234,10 +244,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
 
   if config.get('export_npz', True):
-    params = jax.device_get(sharding.gather(state.params))
+    params, model_state = jax.device_get(sharding.gather((state.params, state.model_state)))
     if jax.process_index() == 0:
-      checkpoint.save(params, os.path.join(workdir, 'model.npz'))
-      logging.info('Exported %s', os.path.join(workdir, 'model.npz'))
+      path = os.path.join(workdir, 'model.npz')
+      checkpoint.save(params, path)
+      if model_state:  # BatchNorm statistics, beside the parameters (distill.load_teacher).
+        checkpoint.save(model_state, distill.state_path_for(path))
+      logging.info('Exported %s', path)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 

@@ -1,0 +1,79 @@
+"""DeiT distillation (Touvron et al. 2021): a frozen teacher supervises the distillation token.
+
+The student is a VisionTransformer with `distilled=True`: a second learnable token `dist` next to
+`cls`, with its own head `head_dist`. In training it returns both heads' logits; at inference
+their average. The teacher is any zoo model with an `.npz` checkpoint; its variables enter the
+jitted train step as a separate argument, so they are never differentiated, updated or saved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vit_jax import checkpoint
+from vit_jax import models
+
+
+def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
+                      teacher_logits: jax.Array, kind: str = 'hard', alpha: float = 0.5,
+                      temperature: float = 1.0) -> jax.Array:
+  """Mean of (1 - alpha) * CE(cls, targets) + alpha * the distillation term.
+
+  'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft':
+  T^2 * KL(softmax(teacher / T) || softmax(dist / T)).
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  base = optax.softmax_cross_entropy(cls_logits.astype(jnp.float32), targets)
+  if kind == 'hard':
+    teacher_labels = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), dist_logits.shape[-1])
+    distill = optax.softmax_cross_entropy(dist_logits.astype(jnp.float32), teacher_labels)
+  elif kind == 'soft':
+    t = temperature
+    distill = t**2 * optax.kl_divergence(
+        jax.nn.log_softmax(dist_logits.astype(jnp.float32) / t), jax.nn.softmax(teacher_logits / t))
+  else:
+    raise ValueError(f"Unknown config.distillation.kind {kind!r}; expected 'hard' or 'soft'")
+  return jnp.mean((1. - alpha) * base + alpha * distill)
+
+
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
+  """The teacher of `config.distillation`: (model, variables) from its `.npz` checkpoint.
+
+  `teacher_path` is an `.npz` of parameters (as `checkpoint.save` and the training export write
+  it); models with BatchNorm also need the exported `<name>_state.npz` beside it.
+  """
+  dist = config.distillation
+  overrides = dist.get('teacher_overrides') or {}
+  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
+  model = models.get_model(dist.teacher_model, num_classes=num_classes, **overrides)
+  params = checkpoint.load(dist.teacher_path)
+  size = config.image_size
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                                             train=False))
+  variables = {'params': checkpoint.inspect_params(params=params, expected=shapes['params'])}
+  for collection in shapes:
+    if collection in ('params', 'intermediates'):
+      continue
+    state_path = state_path_for(dist.teacher_path)
+    if not os.path.exists(state_path):
+      raise FileNotFoundError(f'Teacher {dist.teacher_model} has {collection!r}; expected them in '
+                              f'{state_path}')
+    with np.load(state_path) as data:
+      state = checkpoint.unflatten({k: data[k] for k in data.files})
+    variables[collection] = checkpoint.inspect_params(params=state[collection],
+                                                      expected=shapes[collection])
+  return model, variables
+
+
+def state_path_for(params_path: str) -> str:
+  """Where the non-parameter variables (BatchNorm statistics) of an exported model live."""
+  root, ext = os.path.splitext(params_path)
+  return f'{root}_state{ext}'
