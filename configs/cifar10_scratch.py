@@ -16,38 +16,8 @@ from vit_jax import base_config
 
 
 def get_config(arg: str = ''):
-  config = base_config.get_config()
-  config.model_name = 'ViT-CIFAR_4'
-  config.dataset = 'cifar10'
-  config.train_split = 'train'
-  config.eval_split = 'test'
-  config.image_size = 32
-  config.pp_train = 'random_crop(pad=4)|flip_lr|normalize("cifar10")'
-  config.pp_eval = 'normalize("cifar10")'
-  config.cache_train = True
-
-  config.batch_size = 128
-  config.eval_batch_size = 500
-  config.num_epochs = 50.
-  config.optimizer.name = 'adamw'
-  config.optimizer.weight_decay = 0.05
-  config.lr.base = 3e-4
-  config.lr.warmup_steps = 390  # One epoch.
-  config.lr.decay_type = 'cosine'
-  config.grad_clip_norm = 0.0
-
-  config.log_every = 100
-  config.eval_every = 3900
-  config.checkpoint_every = 3900
-
-  if arg == 'quick':
-    config.num_epochs = None
-    config.total_steps = 1500
-    config.lr.base = 1e-3
-    config.lr.warmup_steps = 100
-    config.log_every = 100
-    config.eval_every = 1500
-    config.checkpoint_every = 500
-  elif arg:
+  if arg not in ('', 'quick'):
     raise ValueError(f"Unknown argument {arg!r}; expected '' or 'quick'")
+  config = base_config.seeds_cifar10(base_config.get_config(), quick=arg == 'quick')
+  config.model_name = 'ViT-CIFAR_4'
   return config

@@ -18,6 +18,11 @@ ARGS = {
     'cifar10_scratch.py': ['', 'quick'],
     'finetune.py': ['ViT-B_16,cifar10', 'ViT-L_16,imagenet2012', 'ViT-B_32,oxford_iiit_pet'],
     'pretrain.py': ['ViT-B_16,imagenet21k', 'ViT-S_16,imagenet2012,bv'],
+    'deit.py': ['ViT-B_16', 'cifar10'],
+    'swin.py': ['Swin-T', 'Swin-S', 'Swin-B', 'cifar10'],
+    'cifar10_cnn.py': ['', 'quick'],
+    'bit_hyperrule.py': [],
+    'finetune_hybrid.py': [],
 }
 
 

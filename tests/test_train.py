@@ -283,3 +283,13 @@ def test_unknown_config_field_on_the_command_line(tmp_path, data_overrides):
   result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert 'no_such_field' in result.stderr
+
+
+def test_repeated_augmentation_repeats_images_with_different_crops(data_overrides):
+  config = make_config(data_overrides, repeated_augmentation=3)
+  source = input_pipeline.get_source(config, config.train_split)
+  batch = next(input_pipeline.train_dataset(config, source, 30).as_numpy_iterator())
+  labels = batch['label'].reshape(10, 3)
+  assert (labels == labels[:, :1]).all()  # Three copies of each image in a row...
+  images = batch['image'].reshape(10, 3, 32, 32, 3)
+  assert not np.array_equal(images[:, 0], images[:, 1])  # ...each augmented differently.

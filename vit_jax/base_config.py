@@ -34,6 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp_eval = 'resize|value_range(-1, 1)'
   config.shuffle_buffer = 50_000
   config.cache_train = False  # Keep decoded training images in memory (small datasets).
+  # Repeated augmentation (DeiT): each image k times per epoch, differently augmented.
+  config.repeated_augmentation = 1
   # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
   config.mixup = placeholder(ml_collections.ConfigDict)
   config.label_smoothing = 0.0
@@ -76,4 +78,39 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
+  return config
+
+
+def seeds_cifar10(config: ml_collections.ConfigDict, quick: bool) -> ml_collections.ConfigDict:
+  """The seeds' CIFAR-10 recipe, shared by their ViT, their CNN and the DeiT demonstration.
+
+  AdamW lr 3e-4, wd 0.05, batch 128, 50 epochs, random crop 32 with padding 4 + horizontal flip,
+  CIFAR mean/std. `quick`: a short schedule (higher lr, 1000 steps) for a 2-core CPU.
+  """
+  config.dataset = 'cifar10'
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  config.image_size = 32
+  config.pp_train = 'random_crop(pad=4)|flip_lr|normalize("cifar10")'
+  config.pp_eval = 'normalize("cifar10")'
+  config.cache_train = True
+  config.batch_size = 128
+  config.eval_batch_size = 500
+  config.num_epochs = 50.
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.05
+  config.lr.base = 3e-4
+  config.lr.warmup_steps = 390  # One epoch.
+  config.lr.decay_type = 'cosine'
+  config.grad_clip_norm = 0.0
+  config.log_every = 100
+  config.eval_every = 3900
+  config.checkpoint_every = 3900
+  if quick:
+    config.num_epochs = None
+    config.total_steps = 1000
+    config.lr.base = 1e-3
+    config.lr.warmup_steps = 100
+    config.eval_every = 1000
+    config.checkpoint_every = 500
   return config

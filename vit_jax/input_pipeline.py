@@ -151,9 +151,17 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
   base = source.dataset.cache() if config.get('cache_train', False) else source.dataset
   seed = int(config.seed)
 
+  repeats = int(config.get('repeated_augmentation', 1))
+
   def epoch(index):
-    return base.shuffle(config.get('shuffle_buffer', 50_000), seed=seed * 1_000_003 + index,
-                        reshuffle_each_iteration=False)
+    ds = base.shuffle(config.get('shuffle_buffer', 50_000), seed=seed * 1_000_003 + index,
+                      reshuffle_each_iteration=False)
+    if repeats > 1:
+      # DeiT's repeated augmentation: each image `repeats` times in a row (each copy gets its own
+      # stream position, hence its own augmentation); an epoch keeps num_examples samples.
+      ds = ds.take(-(-source.num_examples // repeats)).flat_map(
+          lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeats)).take(source.num_examples)
+    return ds
 
   start_example = start_step * local_batch
   first_epoch, offset = divmod(start_example, source.num_examples)

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from vit_jax import checkpoint
 from vit_jax import distill
 from vit_jax import input_pipeline
+from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax.step import TrainState, create_model, init_state, make_eval_step, make_train_step
@@ -45,6 +46,10 @@ def load_pretrained_params(config: ml_collections.ConfigDict, model: nn.Module,
   init_params = jax.device_get(jax.jit(lambda: model.init(
       jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
                                ['params'])
+  if models.MODEL_FAMILIES.get(config.model_name) == 'swin':
+    from vit_jax import swin_convert  # pylint: disable=g-import-not-at-top
+    # Official/timm weights in any layout; bias tables resized to the model's windows.
+    return swin_convert.load_pretrained(config.pretrained_path, init_params)
   grid = None
   if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
     ph, pw = model.patches['size']

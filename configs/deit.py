@@ -1,0 +1,69 @@
+r"""DeiT (Touvron et al. 2021): data-efficient ViT training, with a distillation token.
+
+ImageNet-1k recipe (recipes.md): AdamW lr 5e-4 × batch/512, wd 0.05, 300 epochs with 5 of
+warmup, cosine, label smoothing 0.1, RandAugment m9 mstd 0.5, mixup 0.8 / cutmix 1.0, random
+erasing 0.25, repeated augmentation (3), stochastic depth 0.1, no dropout; hard distillation from
+a CNN teacher through the `dist` token (DeiT-B: 83.4% distilled vs 81.8% without, not run here).
+
+  python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
+      --config.distillation.teacher_path=teacher.npz
+
+CIFAR-10 demonstration on a 2-core CPU, one command per step (the seeds' small ViT, quick
+schedule, with and without distillation from the seeds' CNN trained first):
+
+  python -m vit_jax.main --config=configs/cifar10_cnn.py:quick --workdir=workdir/teacher
+  python -m vit_jax.main --config=configs/deit.py:cifar10 --workdir=workdir/student \
+      --config.distillation.teacher_path=workdir/teacher/model.npz
+  python -m vit_jax.main --config=configs/cifar10_scratch.py:quick --workdir=workdir/plain
+
+Measured here (2-core CPU, 1000 steps of batch 128, all 10,000 test images): DEIT_RESULT
+"""
+
+import ml_collections
+
+from vit_jax import base_config
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def get_config(arg: str = 'ViT-B_16'):
+  config = base_config.get_config()
+  config.distillation = ml_collections.ConfigDict(dict(
+      teacher_model='BiT-M-R50x1', teacher_path='', teacher_overrides={}, kind='hard',
+      alpha=0.5, temperature=1.0))
+  if arg == 'cifar10':
+    base_config.seeds_cifar10(config, quick=True)
+    config.model_name = 'ViT-CIFAR_4'
+    config.model = {'distilled': True}
+    config.distillation.teacher_model = 'CNN-CIFAR'
+    return config
+  if not arg.startswith('ViT-'):
+    raise ValueError(f"Unknown argument {arg!r}; expected a ViT zoo name or 'cifar10'")
+
+  config.model_name = arg
+  config.model = {'distilled': True, 'head_zero_init': False,
+                  'transformer': {'dropout_rate': 0.0, 'stochastic_depth': 0.1}}
+  config.dataset = 'imagenet2012'
+  config.train_split = 'train'
+  config.eval_split = 'validation'
+  config.image_size = 224
+  config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
+                     'normalize("imagenet")|random_erasing(0.25)')
+  config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
+  config.repeated_augmentation = 3
+  config.batch_size = 1024
+  config.eval_batch_size = 1000
+  config.num_epochs = 300.
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.05
+  config.lr.base = 5e-4 * config.batch_size / 512
+  config.lr.warmup_steps = 5 * IMAGENET_TRAIN_EXAMPLES // config.batch_size
+  config.lr.decay_type = 'cosine'
+  config.grad_clip_norm = 0.0
+  config.label_smoothing = 0.1
+  config.mixup = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
+  config.log_every = 100
+  config.eval_every = 5000
+  config.checkpoint_every = 5000
+  return config
