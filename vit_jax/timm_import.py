@@ -1,4 +1,5 @@
-"""Imports timm where torchvision's compiled ops are unusable (CPU torch + a CUDA torchvision).
+"""Imports timm (and transformers) where torchvision's compiled ops are unusable (CPU torch +
+a CUDA torchvision).
 
 timm imports torchvision at import time, and PyPI has no CPU torchvision wheel: the available one,
 installed with `--no-deps` beside a CPU torch, cannot load its C++ ops, and its Python side then
@@ -59,15 +60,29 @@ def _declare_torchvision_ops() -> None:
     _library.define(schema)
 
 
-def import_timm() -> ModuleType:
-  """Returns the `timm` module; raises ImportError when torch or timm is not installed."""
+def import_torchvision() -> ModuleType:
+  """Returns `torchvision`, importable even when its compiled ops are not (see above)."""
   importlib.import_module('torch')
   try:
-    importlib.import_module('torchvision')
+    return importlib.import_module('torchvision')
   except RuntimeError:  # Its ops failed to load: declare them and import again.
     import sys  # pylint: disable=g-import-not-at-top
     for name in [m for m in sys.modules if m == 'torchvision' or m.startswith('torchvision.')]:
       del sys.modules[name]
     _declare_torchvision_ops()
-    importlib.import_module('torchvision')
+    return importlib.import_module('torchvision')
+
+
+def import_timm() -> ModuleType:
+  """Returns the `timm` module; raises ImportError when torch or timm is not installed."""
+  import_torchvision()
   return importlib.import_module('timm')
+
+
+def import_transformers() -> ModuleType:
+  """Returns `transformers`, whose vision models import torchvision as timm does."""
+  try:
+    import_torchvision()
+  except ImportError:
+    pass  # transformers works without torchvision.
+  return importlib.import_module('transformers')

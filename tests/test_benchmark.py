@@ -1,0 +1,60 @@
+"""scripts/benchmark.py on a tiny zoo model: the tables it writes, its FLOP count, its imports."""
+
+import os
+import re
+import subprocess
+import sys
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+
+import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_analytic_vit_flops_of_the_paper_models():
+  """ViT-B/16 at 224: 17.6 GFLOPs in multiply-adds (DeiT's table), i.e. 35.1 GFLOPs."""
+  config = ml_collections.ConfigDict(dict(
+      patches={'size': (16, 16)}, hidden_size=768, classifier='token',
+      representation_size=None, transformer={'mlp_dim': 3072, 'num_layers': 12}))
+  flops = benchmark.vit_forward_flops(config, 1000, 224)
+  assert abs(flops / 2 / 1e9 - 17.6) < 0.05
+  assert benchmark.vit_forward_flops(ml_collections.ConfigDict({'embed_dim': 96}), 1000,
+                                     224) is None  # Not a ViT: no analytic count.
+
+
+def test_peak_table_matches_device_kinds():
+  class Device:
+    platform, device_kind = 'gpu', 'NVIDIA H100 80GB HBM3'
+  assert benchmark.peak_flops(Device()) == 989e12
+  Device.device_kind = 'NVIDIA H100 PCIe'
+  assert benchmark.peak_flops(Device()) == 756e12
+  Device.platform, Device.device_kind = 'cpu', 'cpu'
+  assert benchmark.peak_flops(Device()) is None
+
+
+def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
+  output = tmp_path / 'bench.md'
+  code = (
+      'import runpy, sys\n'
+      'bench = runpy.run_path("scripts/benchmark.py", run_name="benchmark")\n'
+      f'bench["run"](bench["parse_args"](["--models=ViT-CIFAR_4", "--resolution=32", '
+      f'"--batch=2", "--iterations=2", "--warmup=1", "--attention-cost", '
+      f'"--attention-batch=1", "--output={output}"]))\n'
+      'print("IMPORTED", [m for m in ("tensorflow", "torch") if m in sys.modules])\n')
+  run = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, 'PYTHONPATH': ROOT})
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'IMPORTED []' in run.stdout
+  text = output.read_text()
+  assert text in run.stdout.replace('IMPORTED []\n', '')
+  assert 'Train step: vit_jax.step.make_train_step' in text
+  row = next(line for line in text.splitlines() if line.startswith('| ViT-CIFAR_4 |'))
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  analytic, xla = (float(v) for v in cells[2].split(' / '))
+  assert abs(xla - analytic) / analytic < 0.1  # XLA also counts norms, softmax, GELU.
+  infer_rate, train_rate = float(cells[5]), float(cells[6])
+  assert infer_rate > train_rate > 0
+  ratio = re.search(r'theoretical FLOPs (\d+)x', text).group(1)
+  assert ratio == '64'  # 3136 tokens / 49 per window.

@@ -1,0 +1,108 @@
+"""Reading photos from disk and turning them into model inputs, with Pillow only (no TensorFlow).
+
+Used by the command-line tools (`classify`, `visualize`); training data goes through the TF input
+pipeline instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageOps
+from PIL import UnidentifiedImageError
+
+# Pixel statistics on the [0, 1] scale, for models trained with mean/std normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageError(ValueError):
+  """A file that is not an image Pillow can decode."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  """Any Pillow mode -> 8-bit RGB; transparent pixels are composited onto white."""
+  if image.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'F'):
+    # 16-bit and float greyscale: Pillow's convert('L') clips instead of rescaling, which turns
+    # most 16-bit photos white. Scale the stored range to 0..255 instead.
+    values = np.asarray(image, dtype=np.float64)
+    top = 65535. if image.mode.startswith('I;16') else max(float(values.max()), 1.)
+    if image.mode == 'F' and values.max() <= 1.:
+      top = 1.
+    grey = np.clip(values / top * 255. + .5, 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert('RGB')
+  if image.mode in ('RGBA', 'LA', 'PA') or (image.mode == 'P' and 'transparency' in image.info):
+    # Transparent pixels keep whatever colour the file stores (often black); a white background
+    # is what viewers show, and what the photo was meant to look like.
+    rgba = image.convert('RGBA')
+    background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert('RGB')
+  return image.convert('RGB')
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image file as (height, width, 3) uint8 RGB.
+
+  Greyscale, palette, CMYK, 16-bit and alpha images are converted; the EXIF orientation is
+  applied, so phone photos come out upright.
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    ImageError: the file is not an image Pillow can decode (names the file and the reason).
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Image not found: {path}')
+  if os.path.isdir(path):
+    raise ImageError(f'{path} is a directory, not an image file')
+  try:
+    with Image.open(path) as image:
+      image.load()  # Decodes now, so that truncated files fail here rather than later.
+      image = ImageOps.exif_transpose(image)
+      return np.asarray(_to_rgb(image), dtype=np.uint8)
+  except UnidentifiedImageError as e:
+    raise ImageError(f'{path} is not an image file Pillow can read') from e
+  except (OSError, SyntaxError, ValueError) as e:  # Truncated or corrupt data.
+    raise ImageError(f'{path} could not be decoded: {e}') from e
+
+
+def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
+  """Bilinear resize of a uint8 HWC image to `size` (square side, or (height, width)).
+
+  Like the original library's evaluation (`tf.image.resize` to the crop size), the aspect ratio
+  is not kept. Pillow's bilinear filter widens with the scale factor when shrinking (antialias),
+  where TF's plain bilinear samples 4 pixels; on photos the two differ by a few grey levels.
+  """
+  height, width = (size, size) if isinstance(size, int) else size
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def normalize(image: np.ndarray, normalization: str = 'minus_one_one') -> np.ndarray:
+  """uint8 HWC -> float32 model input.
+
+  Args:
+    image: uint8 pixels.
+    normalization: 'minus_one_one' ((x - 127.5) / 127.5, the Google ViT and hybrid models),
+      'zero_one' (x / 255, BiT), or 'imagenet' (ImageNet mean/std, Swin and most timm models).
+  """
+  x = image.astype(np.float32)
+  if normalization == 'minus_one_one':
+    return (x - 127.5) / 127.5
+  if normalization == 'zero_one':
+    return x / 255.
+  if normalization == 'imagenet':
+    return (x / 255. - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+  raise ValueError(f"Unknown normalization {normalization!r}; expected 'minus_one_one', "
+                   "'zero_one' or 'imagenet'")
+
+
+def load_batch(paths: Sequence[str | os.PathLike], size: int | Sequence[int],
+               normalization: str = 'minus_one_one') -> tuple[np.ndarray, np.ndarray]:
+  """Reads, resizes and normalises images: returns (inputs float32 NHWC, resized uint8 NHWC)."""
+  pixels = np.stack([resize(read_image(p), size) for p in paths])
+  return np.stack([normalize(p, normalization) for p in pixels]), pixels
