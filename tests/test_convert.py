@@ -29,9 +29,10 @@ def tiny_model(num_classes=10, gelu_approximate=True, **overrides):
 
 
 @functools.cache
-def _random_params(num_classes, classifier, representation_size):
+def _random_params(num_classes, classifier, representation_size, distilled):
   """Random values of every parameter, from shapes alone (no slow eager init)."""
-  model = tiny_model(num_classes, classifier=classifier, representation_size=representation_size)
+  model = tiny_model(num_classes, classifier=classifier, representation_size=representation_size,
+                     distilled=distilled)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
   rng = np.random.default_rng(0)
 
@@ -44,7 +45,8 @@ def _random_params(num_classes, classifier, representation_size):
 
 
 def tiny_params(model):
-  return _random_params(model.num_classes, model.classifier, model.representation_size)
+  return _random_params(model.num_classes, model.classifier, model.representation_size,
+                        model.distilled)
 
 
 def apply(model, params, x):
@@ -365,3 +367,18 @@ def test_swin_goes_through_swin_convert_and_matches_timm(timm, tmp_path):
     np.testing.assert_array_equal(back[key], original[key], err_msg=key)
   delta = parity.max_logit_difference(loaded.params, str(tmp_path / 'swin.safetensors'), 'timm')
   assert 0 < delta < 1e-4
+
+
+def test_deit_distilled_model_converts_to_timms_distilled_vit(timm, tmp_path):
+  from vit_jax import parity  # pylint: disable=g-import-not-at-top
+  params = checkpoint.flatten(tiny_params(tiny_model(distilled=True)))
+  assert 'dist' in params and 'head_dist/kernel' in params
+  checkpoint.save(checkpoint.unflatten(params), tmp_path / 'deit.npz')
+  convert.convert(str(tmp_path / 'deit.npz'), str(tmp_path / 'deit.safetensors'))
+  state = state_dict_io.read_state_dict(tmp_path / 'deit.safetensors')
+  assert state['pos_embed'].shape[1] == 2 + (SIZE // 8)**2 and 'head_dist.weight' in state
+  assert_same_params(convert_timm.from_timm(state, num_heads=4), params)
+  delta = parity.max_logit_difference(params, str(tmp_path / 'deit.safetensors'), 'timm')
+  assert 0 < delta < 1e-4  # timm's VisionTransformerDistilled averages both heads, as ours.
+  with pytest.raises(convert_timm.ConversionError, match='distillation token'):
+    convert_hf.to_hf(params)

@@ -101,6 +101,9 @@ def to_hf(flat: Mapping[str, np.ndarray], *, gelu_approximate: bool = True,
     raise ConversionError(
         'Hybrid ResNet+ViT models have no transformers class: ViTHybrid was removed from '
         'transformers (version 5); convert hybrids to timm instead')
+  if 'dist' in ours:
+    raise ConversionError('HF ViT has no distillation token; DeiT distilled models convert to '
+                          'timm (VisionTransformerDistilled)')
   if 'cls' not in ours:
     raise ConversionError('HF ViT always classifies from a class token; this model has none '
                           '(global average pooling or MAP); convert it to timm instead')

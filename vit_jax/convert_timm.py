@@ -9,6 +9,8 @@ one timm's own `.npz` loader (`_load_weights`) applies, run in both directions:
   `qkv` (3D, D) in [q | k | v] order, head-major; `out` (heads, D/heads, D) is `proj`.
 - Hybrids: the ResNet stem sits under `patch_embed.backbone` (`stem.*` and `stages.*`, or just
   `conv`/`norm` for R+Ti/16, whose backbone is the stem alone).
+- DeiT distilled models: `dist` and `head_dist` are timm's `dist_token` and `head_dist`
+  (`VisionTransformerDistilled`).
 
 Nothing here needs torch: values stay NumPy arrays, and files are written by `convert`.
 """
@@ -145,6 +147,8 @@ def to_timm(flat: Mapping[str, np.ndarray]) -> FlatParams:
   out: FlatParams = {}
   if 'cls' in ours:
     out['cls_token'] = _take(ours, 'cls')
+  if 'dist' in ours:  # DeiT's distillation token (timm's VisionTransformerDistilled).
+    out['dist_token'] = _take(ours, 'dist')
   if 'Transformer/posembed_input/pos_embedding' in ours:
     out['pos_embed'] = _take(ours, 'Transformer/posembed_input/pos_embedding')
   if 'conv_root/kernel' in ours:
@@ -164,9 +168,10 @@ def to_timm(flat: Mapping[str, np.ndarray]) -> FlatParams:
                  ('key', 'value'), 'kv', query='q')
     _ln_to_timm(ours, 'MAPHead_0/LayerNorm_0', out, 'attn_pool.norm')
     _mlp_to_timm(ours, 'MAPHead_0/MlpBlock_0/', out, 'attn_pool.mlp.')
-  if 'head/kernel' in ours:
-    out['head.weight'] = dense_to_linear(_take(ours, 'head/kernel'))
-    out['head.bias'] = _take(ours, 'head/bias')
+  for head in ('head', 'head_dist'):
+    if f'{head}/kernel' in ours:
+      out[f'{head}.weight'] = dense_to_linear(_take(ours, f'{head}/kernel'))
+      out[f'{head}.bias'] = _take(ours, f'{head}/bias')
   if any(k.startswith('pre_logits/') for k in ours):
     raise ConversionError(
         "timm's VisionTransformer has no representation layer (pre_logits, Dense + tanh before "
@@ -260,6 +265,8 @@ def from_timm(state: Mapping[str, np.ndarray], num_heads: int) -> FlatParams:
   out: FlatParams = {}
   if 'cls_token' in theirs:
     out['cls'] = _take(theirs, 'cls_token')
+  if 'dist_token' in theirs:
+    out['dist'] = _take(theirs, 'dist_token')
   if 'pos_embed' in theirs:
     out['Transformer/posembed_input/pos_embedding'] = _take(theirs, 'pos_embed')
   if any(k.startswith('patch_embed.backbone.') for k in theirs):
@@ -280,8 +287,9 @@ def from_timm(state: Mapping[str, np.ndarray], num_heads: int) -> FlatParams:
                    ('key', 'value'), 'kv', num_heads, query='q')
     _ln_from_timm(theirs, 'attn_pool.norm', out, 'MAPHead_0/LayerNorm_0')
     _mlp_from_timm(theirs, 'attn_pool.mlp.', out, 'MAPHead_0/MlpBlock_0/')
-  if 'head.weight' in theirs:
-    out['head/kernel'] = dense_to_linear(_take(theirs, 'head.weight'))
-    out['head/bias'] = _take(theirs, 'head.bias')
+  for head in ('head', 'head_dist'):
+    if f'{head}.weight' in theirs:
+      out[f'{head}/kernel'] = dense_to_linear(_take(theirs, f'{head}.weight'))
+      out[f'{head}/bias'] = _take(theirs, f'{head}.bias')
   _fail_on_leftovers(theirs, 'Our VisionTransformer')
   return out

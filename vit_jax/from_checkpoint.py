@@ -91,6 +91,8 @@ def vit_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
       num_classes=_shape(flat, 'head/kernel')[-1] if 'head/kernel' in flat else None,
       resnet=None,
   )
+  if 'dist' in flat:
+    config['distilled'] = True  # DeiT: a distillation token after [CLS], and `head_dist`.
   if 'Transformer/posembed_input/pos_embedding' not in flat:
     config['posemb'] = 'sincos2d'
   if 'conv_root/kernel' in flat:
@@ -103,6 +105,12 @@ def vit_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
     config['resnet'] = dict(num_layers=tuple(len(units[s]) for s in sorted(units)),
                             width_factor=root_width / 64)
   return config
+
+
+def num_prefix_tokens(config: Mapping[str, Any]) -> int:
+  """Tokens before the patch grid: [CLS] for token classifiers, and DeiT's distillation token."""
+  return (int(config['classifier'] in ('token', 'token_unpooled')) +
+          int(bool(config.get('distilled'))))
 
 
 def feature_stride(config: Mapping[str, Any]) -> int:
@@ -121,8 +129,7 @@ def vit_image_size(flat: Mapping[str, Any], config: Mapping[str, Any],
   key = 'Transformer/posembed_input/pos_embedding'
   if key not in flat:
     return default, default  # sincos2d: any grid works.
-  prefix = int(config['classifier'] in ('token', 'token_unpooled'))
-  tokens = np.shape(flat[key])[1] - prefix
+  tokens = np.shape(flat[key])[1] - num_prefix_tokens(config)
   side = math.isqrt(tokens)
   if side * side != tokens:
     raise checkpoint.CheckpointError(
@@ -223,6 +230,8 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
     if family == 'vit':
       config = vit_config_from_params(flat)
       fields.setdefault('representation_size', config['representation_size'])
+      if config.get('distilled'):
+        fields.setdefault('distilled', True)
       num_classes = config['num_classes']
     else:
       num_classes = _num_classes(flat)

@@ -55,6 +55,10 @@ def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
       global_pool=pools[config['classifier']], fc_norm=False,
       act_layer='gelu_tanh' if gelu_approximate else 'gelu')
   resnet = config.get('resnet')
+  if config.get('distilled'):
+    if resnet:
+      raise ConversionError('timm has no distilled hybrid ViT')
+    return timm.models.deit.VisionTransformerDistilled(**kwargs).eval()
   if not resnet:
     return timm.models.vision_transformer.VisionTransformer(**kwargs).eval()
   name = _TIMM_HYBRIDS.get(tuple(resnet['num_layers']))

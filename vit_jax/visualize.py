@@ -264,9 +264,11 @@ def _load(sow_weights: bool = False) -> from_checkpoint.LoadedModel:
 def _token_layout(loaded: from_checkpoint.LoadedModel) -> tuple[int, tuple[int, int]]:
   """(number of prefix tokens, (h, w) patch grid) of a loaded ViT."""
   model = loaded.model
-  stride = from_checkpoint.feature_stride({'patches': model.patches, 'resnet': model.resnet})
+  fields = {'patches': model.patches, 'resnet': model.resnet, 'classifier': model.classifier,
+            'distilled': getattr(model, 'distilled', False)}
+  stride = from_checkpoint.feature_stride(fields)
   grid = (loaded.image_size[0] // stride, loaded.image_size[1] // stride)
-  return int(model.classifier in ('token', 'token_unpooled')), grid
+  return from_checkpoint.num_prefix_tokens(fields), grid
 
 
 def attention_command(output: str, layer: int = -1, rollout: bool = False) -> str:
