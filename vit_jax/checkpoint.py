@@ -8,12 +8,13 @@ to our parameter paths and back. Imports neither TensorFlow nor torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import tempfile
 import zipfile
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import numpy as np
@@ -288,15 +289,27 @@ def save(params: Mapping[str, Any], path: str | os.PathLike) -> None:
   flat = {key: _to_numpy(value) for key, value in flatten(params).items()}
   flat = unstack_encoder(flat)
   flat = _layout_for_params(list(flat)).from_params(flat)
+  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+    np.savez(f, **flat)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """A temporary file name beside `path`, renamed to `path` only when the block succeeds.
+
+  Readers never see a half-written file, and a failed write leaves an older file intact.
+  """
+  path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.npz')
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.splitext(path)[1])
+  os.close(fd)
   try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **flat)
+    yield tmp
     os.replace(tmp, path)
   except BaseException:
-    os.unlink(tmp)
+    if os.path.exists(tmp):
+      os.unlink(tmp)
     raise
 
 

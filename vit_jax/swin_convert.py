@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, Mapping, Sequence
 
@@ -111,21 +110,13 @@ def save(params: Mapping[str, Any], path: str | os.PathLike) -> None:
   if ext not in ('.safetensors', '.npz'):
     raise ValueError(f'Can save Swin weights as .safetensors or .npz, not {ext!r} ({path})')
   state_dict = {key: np.ascontiguousarray(value) for key, value in to_state_dict(params).items()}
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=ext)
-  try:
+  with checkpoint.atomic_path(path) as tmp:
     if ext == '.safetensors':
-      os.close(fd)
       from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
       safetensors_numpy.save_file(state_dict, tmp)
     else:
-      with os.fdopen(fd, 'wb') as f:
+      with open(tmp, 'wb') as f:
         np.savez(f, **state_dict)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 # ---------------------------------------------------------------------------------------------
