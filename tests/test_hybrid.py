@@ -94,10 +94,6 @@ def test_outputs_and_options():
   timm_like = apply(models.get_model('R26+ViT-S_32', num_classes=5, resnet={
       'num_layers': (1, 1), **models_resnet.TIMM_HYBRID_EPS}, **TINY), params)
   assert 1e-7 < np.abs(original - timm_like).max() < 1e-2
-  bf16 = apply(models.get_model('R26+ViT-S_32', num_classes=5, resnet={'num_layers': (1, 1)},
-                                dtype='bfloat16', **TINY), params)
-  assert bf16.dtype == jnp.float32
-  np.testing.assert_allclose(bf16, original, atol=0.05 * float(np.abs(original).max()))
 
 
 def test_bad_input_names_the_problem():

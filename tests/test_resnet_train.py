@@ -1,0 +1,190 @@
+"""BatchNorm ResNets in the training loop: falling loss through the real train step, running
+statistics in the eval step, and batch_stats saved and restored by the training checkpoints;
+plus the ResNet/BiT/hybrid/CNN experiment configs."""
+
+import importlib.util
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from helpers import make_image_folder
+from vit_jax import base_config
+from vit_jax import optim
+from vit_jax import sharding
+from vit_jax import train
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+
+
+def resnet_config(**overrides):
+  """A seconds-scale BatchNorm ResNet run: one basic unit of width 8 on 32 px images."""
+  config = base_config.get_config()
+  config.model_name = 'ResNet-18'
+  config.model = {'num_layers': (1,), 'width': 8}
+  config.image_size = 32
+  config.batch_size = 32
+  config.eval_batch_size = 32
+  config.total_steps = 40
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.9
+  config.lr.base = 0.05
+  config.lr.warmup_steps = 2
+  config.lr.decay_type = 'cosine'
+  config.update(overrides)
+  return config
+
+
+def banded_batch(rng, batch_size, num_classes=3, size=32):
+  """Class k: noise with a bright k-th vertical band (the images of helpers.make_image_folder)."""
+  labels = rng.integers(0, num_classes, batch_size)
+  images = rng.uniform(-1., -0.2, (batch_size, size, size, 3)).astype(np.float32)
+  band = size // num_classes
+  for i, label in enumerate(labels):
+    images[i, :, label * band:(label + 1) * band] += 1.2
+  return {'image': images, 'label': labels.astype(np.int32)}
+
+
+def test_batchnorm_resnet_trains_and_evaluates_with_running_statistics():
+  config = resnet_config()
+  mesh = sharding.make_mesh(config.mesh)
+  model = train.create_model(config, 3)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  tx, schedule = optim.make_optimizer(config, shapes['params'])
+  state, shardings = train.init_state(config, model, tx, mesh, (32, 32, 3))
+  initial_stats = jax.device_get(state.model_state['batch_stats'])
+  assert set(initial_stats) == {'bn_root', 'block1'}
+
+  step = jax.jit(train.make_train_step(model, tx, schedule, config),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)))
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(config.total_steps):
+    state, metrics = step(state, banded_batch(rng, config.batch_size))
+    losses.append(float(metrics['loss']))
+  assert np.isfinite(losses).all()
+  assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8]), losses
+
+  # The train step carried the running statistics along.
+  stats = jax.device_get(state.model_state['batch_stats'])
+  assert np.abs(stats['bn_root']['mean'] - initial_stats['bn_root']['mean']).max() > 1e-3
+  assert np.abs(stats['block1']['unit1']['bn2']['var'] - 1.).max() > 1e-3
+
+  # The eval step normalises with them: its loss is that of `train=False` with the state's
+  # statistics, and moves when they change.
+  batch = banded_batch(rng, config.eval_batch_size)
+  batch['mask'] = np.ones(config.eval_batch_size, np.float32)
+  eval_step = jax.jit(train.make_eval_step(model))
+  sums = eval_step(state, batch)
+  logits = model.apply({'params': state.params, 'batch_stats': stats}, batch['image'])
+  expected = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch['label'][:, None], 1).sum()
+  np.testing.assert_allclose(sums['loss_sum'], expected, rtol=1e-4)
+  assert int(sums['correct_top1']) >= 0.9 * config.eval_batch_size
+  reset = state.replace(model_state={'batch_stats': initial_stats})
+  assert abs(float(eval_step(reset, batch)['loss_sum']) - float(sums['loss_sum'])) > 1e-2
+
+
+def batch_stats_leaves(model_state):
+  return [np.asarray(x) for x in jax.tree.leaves(model_state['batch_stats'])]
+
+
+def _restore_model_state(workdir, step):
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  return jax.device_get(restored['model_state'] if isinstance(restored, dict)
+                        else restored.model_state)
+
+
+def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
+  data = make_image_folder(str(tmp_path / 'images'), splits=(('train', 32), ('test', 8)))
+  config = resnet_config(
+      dataset='imagefolder', data_dir=data, download=False,
+      pp_train='resize|flip_lr|value_range(-1, 1)', pp_eval='resize|value_range(-1, 1)', shuffle_buffer=96, batch_size=16, eval_batch_size=24,
+      total_steps=3, log_every=1, eval_every=3, checkpoint_every=1, keep_checkpoints=3,
+      export_npz=False)
+  workdir = str(tmp_path / 'run')
+  first = train.train_and_evaluate(config, workdir)
+  assert first['step'] == 3 and first['eval_examples'] == 24
+  saved = {s: _restore_model_state(workdir, s) for s in (2, 3)}
+  assert any(np.abs(a - b).max() > 0 for a, b in zip(batch_stats_leaves(saved[2]), batch_stats_leaves(saved[3])))
+
+  # Lose the last checkpoint: the rerun resumes from step 2 and must reach the same statistics,
+  # which it can only do if step 2's running averages were restored, not re-initialised.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))
+  second = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'train.0.log')) as f:
+    assert 'Resumed from the checkpoint of step 2' in f.read()
+  for a, b in zip(batch_stats_leaves(_restore_model_state(workdir, 3)), batch_stats_leaves(saved[3])):
+    np.testing.assert_array_equal(a, b)
+  assert second['eval_loss'] == pytest.approx(first['eval_loss'], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs.
+
+
+def load_config(name, arg):
+  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIGS, name))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, module.get_config(arg) if arg else module.get_config()
+
+
+@pytest.mark.parametrize('dataset,steps,boundaries,warmup,crop,mixup', [
+    ('oxford_flowers102', 500, (200, 300, 400), 100, 480, None),
+    ('cifar10', 10_000, (3_000, 6_000, 9_000), 500, 128, 0.1),
+    ('imagenet2012', 20_000, (6_000, 12_000, 18_000), 500, 480, 0.1),
+])
+def test_bit_hyperrule(dataset, steps, boundaries, warmup, crop, mixup):
+  _, config = load_config('bit_hyperrule.py', f'BiT-M-R50x1,{dataset}')
+  assert (config.total_steps, tuple(config.lr.boundaries), config.lr.warmup_steps) == (
+      steps, boundaries, warmup)
+  assert config.image_size == crop and config.batch_size == 512
+  assert (config.mixup.mixup_alpha if config.mixup else None) == mixup
+  assert config.optimizer.name == 'sgd' and config.optimizer.weight_decay == 0
+  _, schedule = optim.make_optimizer(config, {'w': jnp.zeros(3)})
+
+  def lr(step):  # Steps count from 1; optax counts updates from 0.
+    return float(schedule(step - 1))
+
+  assert lr(warmup) == pytest.approx(0.003)
+  assert lr(boundaries[0] - 1) == pytest.approx(0.003)
+  assert lr(boundaries[0]) == pytest.approx(3e-4)
+  assert lr(steps) == pytest.approx(3e-6)
+
+
+@pytest.mark.parametrize('name,arg,model_name', [
+    ('bit_hyperrule.py', 'BiT-M-R101x3,oxford_iiit_pet', 'BiT-M-R101x3'),
+    ('finetune_hybrid.py', 'R50+ViT-B_16,cifar10', 'R50+ViT-B_16'),
+    ('cifar10_cnn.py', '', 'CNN-CIFAR'),
+    ('cifar10_cnn.py', 'quick', 'CNN-CIFAR'),
+])
+def test_configs_build_model_and_optimizer(name, arg, model_name):
+  _, config = load_config(name, arg)
+  assert config.model_name == model_name
+  model = train.create_model(config, 10)
+  size = config.image_size
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, size, size, 3))))['params']
+  tx, _ = optim.make_optimizer(config, params)
+  jax.eval_shape(tx.init, params)
+
+
+def test_cnn_config_mirrors_the_vit_scratch_config():
+  _, cnn = load_config('cifar10_cnn.py', 'quick')
+  _, vit = load_config('cifar10_scratch.py', 'quick')
+  cnn_fields, vit_fields = cnn.to_dict(), vit.to_dict()
+  assert {k for k in cnn_fields if cnn_fields[k] != vit_fields[k]} == {'model_name'}
+
+
+def test_configs_reject_wrong_models():
+  with pytest.raises(ValueError, match='fine-tunes BiT models'):
+    load_config('bit_hyperrule.py', 'ViT-B_16,cifar10')
+  with pytest.raises(ValueError, match='fine-tunes hybrid models'):
+    load_config('finetune_hybrid.py', 'ViT-B_16,cifar10')
+  with pytest.raises(ValueError, match='Unknown BiT-HyperRule dataset'):
+    load_config('bit_hyperrule.py', 'BiT-M-R50x1,mnist')
