@@ -21,8 +21,8 @@ ARGS = {
     'deit.py': ['ViT-B_16', 'cifar10'],
     'swin.py': ['Swin-T', 'Swin-S', 'Swin-B', 'cifar10'],
     'cifar10_cnn.py': ['', 'quick'],
-    'bit_hyperrule.py': [],
-    'finetune_hybrid.py': [],
+    'bit_hyperrule.py': ['BiT-M-R50x1,cifar10', 'BiT-M-R50x1,oxford_iiit_pet'],
+    'finetune_hybrid.py': ['R50+ViT-B_16,cifar10'],
 }
 
 
