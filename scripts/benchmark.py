@@ -17,6 +17,10 @@ batch, resolution and dtype, with a torch SGD step, and prints ours/timm ratios.
 
 Results go to stdout as markdown tables, and to `--output`. The script never imports
 TensorFlow, and torch (with timm) only under `--compare-timm`.
+
+On a shared CPU, run with `OMP_WAIT_POLICY=PASSIVE`: torch's OpenMP threads otherwise spin at
+every barrier while other processes hold the cores, which made timm 5x slower on a loaded
+2-core machine (XLA's CPU thread pool is not affected).
 """
 
 from __future__ import annotations
@@ -201,9 +205,12 @@ def _timm_model(name: str, resolution: int, num_classes: int) -> Any:
 
 
 def measure_timm(name: str, batch: int, resolution: int, num_classes: int, dtype: str,
-                 iterations: int, warmup: int) -> tuple[float, float]:
+                 iterations: int, warmup: int,
+                 threads: int | None = None) -> tuple[float, float]:
   """(inference, train step) images/second of the timm model, on the device torch sees."""
   import torch  # pylint: disable=g-import-not-at-top
+  if threads:
+    torch.set_num_threads(threads)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   model = _timm_model(name, resolution, num_classes).to(device)
   images = torch.randn(batch, 3, resolution, resolution, device=device)
@@ -305,7 +312,9 @@ def machine_description() -> str:
            f'Python {platform.python_version()}']
   if 'torch' in sys.modules:
     torch = sys.modules['torch']
-    parts.append(f'torch {torch.__version__} ({torch.get_num_threads()} threads)')
+    policy = os.environ.get('OMP_WAIT_POLICY', 'default')
+    parts.append(f'torch {torch.__version__} ({torch.get_num_threads()} threads, '
+                 f'OMP_WAIT_POLICY {policy})')
     if 'timm' in sys.modules:
       parts.append(f'timm {sys.modules["timm"].__version__}')
   return ', '.join(p for p in parts if p)
@@ -348,7 +357,7 @@ def run(args: argparse.Namespace) -> str:
     if args.compare_timm:
       print(f'[{name}] timm ...', file=sys.stderr, flush=True)
       row['timm'] = measure_timm(name, args.batch, args.resolution, args.num_classes, dtype,
-                                 args.iterations, args.warmup)
+                                 args.iterations, args.warmup, args.torch_threads)
     results.append(row)
 
   emit(f'Machine: {machine_description()}')
@@ -427,6 +436,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=2, help='Untimed calls before timing.')
   parser.add_argument('--compare-timm', action='store_true',
                       help='Also run the model in timm (needs torch and timm).')
+  parser.add_argument('--torch-threads', type=int, default=None,
+                      help="torch's intra-op threads under --compare-timm (default: torch's).")
   parser.add_argument('--attention-cost', action='store_true',
                       help='Time global vs windowed attention on a 56x56 token grid.')
   parser.add_argument('--attention-batch', type=int, default=4)
