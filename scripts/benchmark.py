@@ -333,6 +333,8 @@ def run(args: argparse.Namespace) -> str:
   names = [n for n in args.models.split(',') if n]
   for name in names:
     models.model_class(name)  # Fails early, naming the known models.
+  if args.memory:
+    names = []  # Memory only: timings on simulated devices would mean nothing.
   results = []
   train_description = ''
   for name in names:
@@ -415,11 +417,49 @@ def run(args: argparse.Namespace) -> str:
     emit(f"Global / windowed: time {glob['seconds'] / win['seconds']:.1f}x, theoretical FLOPs "
          f"{glob['matmul_flops'] / win['matmul_flops']:.0f}x (= 3136 / 49), XLA FLOPs "
          f'{_fmt(xla_ratio)}x.')
+  if args.memory:
+    emit()
+    emit(memory_table(args))
   text = '\n'.join(lines) + '\n'
   if args.output:
     with open(args.output, 'w', encoding='utf-8') as f:
       f.write(text)
   return text
+
+
+def memory_table(args: argparse.Namespace) -> str:
+  """Per-device bytes of the Adam train step, data parallel vs FSDP over all devices.
+
+  Parameters and optimizer state are counted from their shardings; arguments, outputs and
+  temporaries come from XLA's compiled memory analysis (`vit_jax.step.memory_analysis`). Run
+  with `XLA_FLAGS=--xla_force_host_platform_device_count=8` to see 8 devices on a CPU.
+  """
+  from vit_jax import base_config  # pylint: disable=g-import-not-at-top
+  from vit_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh((('data', -1),))
+  out = [f'Per-device memory of the Adam train step, batch {args.batch}, {args.resolution} px, '
+         f'{args.dtype}, {mesh.size} devices ({jax.devices()[0].platform}); MiB.', '',
+         '| model | layout | params | optimizer state | params + optimizer | XLA arguments | '
+         'XLA temporaries |', '|---|---|---:|---:|---:|---:|---:|']
+  for name in [m for m in args.models.split(',') if m]:
+    totals = {}
+    for layout, rules in (('data parallel', ()), ('FSDP', (('.*', 'fsdp'),))):
+      config = base_config.get_config()
+      config.model_name = name
+      config.model = {'dtype': args.dtype}
+      config.image_size = args.resolution
+      config.batch_size = args.batch
+      config.optimizer.name = 'adam'
+      config.sharding_rules = rules
+      print(f'[memory] {name} {layout} ...', file=sys.stderr, flush=True)
+      stats = step_lib.memory_analysis(config, args.num_classes, mesh)
+      totals[layout] = stats['params_bytes'] + stats['opt_state_bytes']
+      out.append(f"| {name} | {layout} | {_mib(stats['params_bytes'])} | "
+                 f"{_mib(stats['opt_state_bytes'])} | {_mib(totals[layout])} | "
+                 f"{_mib(stats['argument_bytes'])} | {_mib(stats['temp_bytes'])} |")
+    out.append(f"| {name} | FSDP / DP | | | {totals['FSDP'] / totals['data parallel']:.3f} | | |")
+  return '\n'.join(out)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -438,6 +478,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help='Also run the model in timm (needs torch and timm).')
   parser.add_argument('--torch-threads', type=int, default=None,
                       help="torch's intra-op threads under --compare-timm (default: torch's).")
+  parser.add_argument('--memory', action='store_true',
+                      help='Per-device train-step memory, data parallel vs FSDP (no run).')
   parser.add_argument('--attention-cost', action='store_true',
                       help='Time global vs windowed attention on a 56x56 token grid.')
   parser.add_argument('--attention-batch', type=int, default=4)

@@ -58,3 +58,21 @@ def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
   assert infer_rate > train_rate > 0
   ratio = re.search(r'theoretical FLOPs (\d+)x', text).group(1)
   assert ratio == '64'  # 3136 tokens / 49 per window.
+
+
+def test_memory_report_shows_fsdp_at_an_eighth_of_dp_on_8_devices():
+  run = subprocess.run(
+      [sys.executable, 'scripts/benchmark.py', '--models=ViT-Ti_16', '--resolution=32',
+       '--batch=8', '--memory'], cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'PYTHONPATH': ROOT,
+           'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = {cells[1]: cells for cells in (
+      [c.strip() for c in line.strip('|').split('|')] for line in run.stdout.splitlines()
+      if line.startswith('| ViT-Ti_16 |'))}
+  params_dp = float(rows['data parallel'][2].replace(',', ''))
+  # ViT-Ti/16 at 32 px (5 tokens) with 1000 classes: 5,717,416 - 192 * 192 = 5,680,552 float32
+  # parameters, all on every device under DP; the table rounds to whole MiB.
+  assert abs(params_dp - 5_680_552 * 4 / 2**20) <= 0.5
+  ratio = float(rows['FSDP / DP'][4])
+  assert 0.12 < ratio < 0.14  # 1/8, plus the small tensors FSDP leaves replicated.
