@@ -23,8 +23,6 @@ import ml_collections
 
 from vit_jax import base_config
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
-
 
 def get_config(arg: str = 'ViT-B_16'):
   config = base_config.get_config()
@@ -43,27 +41,7 @@ def get_config(arg: str = 'ViT-B_16'):
   config.model_name = arg
   config.model = {'distilled': True, 'head_zero_init': False,
                   'transformer': {'dropout_rate': 0.0, 'stochastic_depth': 0.1}}
-  config.dataset = 'imagenet2012'
-  config.train_split = 'train'
-  config.eval_split = 'validation'
-  config.image_size = 224
-  config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
-                     'normalize("imagenet")|random_erasing(0.25)')
-  config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
+  base_config.timm_imagenet_recipe(config, warmup_epochs=5)
   config.repeated_augmentation = 3
-  config.batch_size = 1024
-  config.eval_batch_size = 1000
-  config.num_epochs = 300.
-  config.optimizer.name = 'adamw'
-  config.optimizer.weight_decay = 0.05
-  config.lr.base = 5e-4 * config.batch_size / 512
-  config.lr.warmup_steps = 5 * IMAGENET_TRAIN_EXAMPLES // config.batch_size
-  config.lr.decay_type = 'cosine'
   config.grad_clip_norm = 0.0
-  config.label_smoothing = 0.1
-  config.mixup = ml_collections.ConfigDict(dict(
-      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
-  config.log_every = 100
-  config.eval_every = 5000
-  config.checkpoint_every = 5000
   return config

@@ -24,26 +24,6 @@ import ml_collections
 from vit_jax import base_config
 
 DROP_PATH = {'Swin-T': 0.2, 'Swin-S': 0.3, 'Swin-B': 0.5}
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
-
-
-def _swin_recipe(config: ml_collections.ConfigDict, steps_per_epoch: int) -> None:
-  """The optimizer, schedule and regularisation shared by both presets."""
-  config.optimizer.name = 'adamw'
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.eps = 1e-8
-  config.optimizer.weight_decay = 0.05
-  # Our Swin's only decayed parameters are Dense/Conv kernels: biases, LayerNorm scales and the
-  # relative position bias tables are left alone, as in the official `no_weight_decay` lists.
-  config.optimizer.decay_pattern = r'kernel$'
-  config.lr.base = 5e-4 * config.batch_size / 512
-  config.lr.decay_type = 'cosine'
-  config.lr.warmup_steps = 20 * steps_per_epoch
-  config.grad_clip_norm = 5.0
-  config.label_smoothing = 0.1  # Applied before mixing, as timm's mixup_target does.
-  config.mixup = ml_collections.ConfigDict(dict(
-      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
 
 
 def get_config(arg: str = 'Swin-T'):
@@ -51,43 +31,25 @@ def get_config(arg: str = 'Swin-T'):
   if arg in DROP_PATH:
     config.model_name = arg
     config.model = {'stochastic_depth': DROP_PATH[arg]}
-    config.dataset = 'imagenet2012'
-    config.train_split = 'train'
-    config.eval_split = 'validation'
-    config.image_size = 224
-    config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
-                       'normalize("imagenet")|random_erasing(0.25)')
-    # Resize to 224 / 0.875 = 256, centre crop 224 (timm's crop_pct 0.875).
-    config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
-    config.batch_size = 1024
-    config.eval_batch_size = 1000
-    config.num_epochs = 300.
-    _swin_recipe(config, IMAGENET_TRAIN_EXAMPLES // config.batch_size)
-    config.log_every = 100
-    config.eval_every = 5000
-    config.checkpoint_every = 5000
-  elif arg == 'cifar10':
-    config.model_name = 'Swin-T'
-    config.model = dict(patch_size=2, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
-                        window_size=4, stochastic_depth=0.1)
-    config.dataset = 'cifar10'
-    config.train_split = 'train'
-    config.eval_split = 'test'
-    config.image_size = 32
-    config.cache_train = True
-    config.pp_train = ('random_crop(pad=4)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
-                       'normalize("cifar10")|random_erasing(0.25)')
-    config.pp_eval = 'normalize("cifar10")'
-    config.batch_size = 128
-    config.eval_batch_size = 500
-    config.num_epochs = 100.
-    _swin_recipe(config, 50_000 // config.batch_size)
-    config.lr.base = 5e-4  # The recipe's rule would give 1.25e-4 at batch 128; not tuned here.
-    config.lr.warmup_steps = 5 * 390  # A 20-epoch warmup is a fifth of this short schedule.
-    config.log_every = 100
-    config.eval_every = 3900
-    config.checkpoint_every = 3900
-  else:
+    # Our Swin's only decayed parameters are Dense/Conv kernels: biases, LayerNorm scales and the
+    # relative position bias tables are left alone, as in the official `no_weight_decay` lists.
+    base_config.timm_imagenet_recipe(config, warmup_epochs=20)
+    config.grad_clip_norm = 5.0
+    return config
+  if arg != 'cifar10':
     raise ValueError(f"Unknown argument {arg!r}; expected one of {sorted(DROP_PATH)} or "
                      "'cifar10'")
+  base_config.seeds_cifar10(config, quick=False)  # Data, batch 128, AdamW wd 0.05, logging.
+  config.model_name = 'Swin-T'
+  config.model = dict(patch_size=2, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
+                      window_size=4, stochastic_depth=0.1)
+  config.pp_train = ('random_crop(pad=4)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
+                     'normalize("cifar10")|random_erasing(0.25)')
+  config.num_epochs = 100.
+  config.lr.base = 5e-4  # The recipe's rule would give 1.25e-4 at batch 128; not tuned here.
+  config.lr.warmup_steps = 5 * 390  # A 20-epoch warmup is a fifth of this short schedule.
+  config.grad_clip_norm = 5.0
+  config.label_smoothing = 0.1
+  config.mixup = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
   return config

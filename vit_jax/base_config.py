@@ -114,3 +114,41 @@ def seeds_cifar10(config: ml_collections.ConfigDict, quick: bool) -> ml_collecti
     config.eval_every = 1000
     config.checkpoint_every = 500
   return config
+
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
+                         ) -> ml_collections.ConfigDict:
+  """The ImageNet-1k recipe DeiT and Swin share (both trained with timm's script).
+
+  300 epochs at 224 px, batch 1024, AdamW wd 0.05 on kernels, lr 5e-4 x batch/512 with
+  `warmup_epochs` of warmup then cosine; Inception crop (8-100%), flip, RandAugment
+  rand-m9-mstd0.5-inc1, random erasing 0.25, label smoothing 0.1, mixup 0.8 / cutmix 1.0;
+  eval: resize to 256, centre crop 224 (timm's crop_pct 0.875). Callers set clipping,
+  stochastic depth and their model.
+  """
+  config.dataset = 'imagenet2012'
+  config.train_split = 'train'
+  config.eval_split = 'validation'
+  config.image_size = 224
+  config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
+                     'normalize("imagenet")|random_erasing(0.25)')
+  config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
+  config.batch_size = 1024
+  config.eval_batch_size = 1000
+  config.num_epochs = 300.
+  config.optimizer.name = 'adamw'
+  config.optimizer.weight_decay = 0.05
+  config.optimizer.decay_pattern = r'kernel$'
+  config.lr.base = 5e-4 * config.batch_size / 512
+  config.lr.warmup_steps = warmup_epochs * (IMAGENET_TRAIN_EXAMPLES // config.batch_size)
+  config.lr.decay_type = 'cosine'
+  config.label_smoothing = 0.1  # Applied before mixing, as timm's mixup_target does.
+  config.mixup = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
+  config.log_every = 100
+  config.eval_every = 5000
+  config.checkpoint_every = 5000
+  return config
