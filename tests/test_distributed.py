@@ -98,3 +98,32 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_overrides, monkey
   b = checkpoint.flatten(checkpoint.load(tmp_path / 'moved' / 'model.npz'))
   for key in a:
     np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
+
+
+def test_main_on_two_processes_then_resumed_on_one(tmp_path, data_overrides, monkeypatch):
+  """The whole job on 2 processes x 2 devices: each host reads its slice, evaluation still counts
+  every example once, process 0 alone writes metrics and the .npz; one process resumes it."""
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  coordinator = f'127.0.0.1:{_free_port()}'
+  args = [sys.executable, '-m', 'vit_jax.main',
+          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{data_overrides["dataset"]}',
+          f'--workdir={tmp_path}', f'--config.data_dir={data_overrides["data_dir"]}',
+          f'--coordinator_address={coordinator}', '--num_processes=2']
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+  procs = [subprocess.Popen(args + [f'--process_id={i}'], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outputs = []
+  for proc in procs:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    outputs.append(out)
+  assert 'eval_examples=300.0000' in outputs[0]  # 300 test images split over two hosts.
+  assert 'Final:' not in outputs[1]  # Only process 0 reports...
+  assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 1  # ...and writes metrics.
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['12', '8']
+  assert checkpoint.load(tmp_path / 'model.npz')['head']['kernel'].shape == (32, 10)
+
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  out = run_main(tmp_path, data_overrides, extra=('--config.total_steps=16',))
+  assert 'step=16' in out
+  assert 'Resumed from the checkpoint of step 12' in (tmp_path / 'train.0.log').read_text()
