@@ -154,10 +154,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   params = None
   if config.get('pretrained_path'):
     params = load_pretrained_params(config, model, image_shape)
-  placeholder_params = params if params is not None else jax.eval_shape(
+  param_shapes = params if params is not None else jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False)
   )['params']
-  tx, schedule = optim.make_optimizer(config, placeholder_params)
+  tx, schedule = optim.make_optimizer(config, param_shapes)
   state, state_shardings = init_state(config, model, tx, mesh, image_shape, params)
   batch_sharding = sharding.batch_sharding(mesh)
   if jax.process_index() == 0:
@@ -193,7 +193,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0 and jax.process_index() == 0:
-    writer.write_hparams({k: v for k, v in _flat_config(config).items()})
+    writer.write_hparams(_flat_config(config))
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
 
