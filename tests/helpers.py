@@ -1,5 +1,6 @@
 """Helpers shared by the tests."""
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -70,3 +71,18 @@ def run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
   proc.communicate()
   assert os.path.isdir(target), 'the run ended before writing the checkpoint to kill after'
   return None
+
+
+def config_module(name):
+  """The module of experiment config `configs/<name>` (config files are loaded by path)."""
+  path = os.path.join(REPO, 'configs', name)
+  spec = importlib.util.spec_from_file_location(name[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(name, arg=''):
+  """`configs/<name>:<arg>` as `--config` would load it."""
+  module = config_module(name)
+  return module.get_config(arg) if arg else module.get_config()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import config_module
 from vit_jax import augment
 from vit_jax import mixup
 
@@ -234,14 +235,8 @@ def test_mix_input_checks_and_integer_images():
 
 
 def test_swin_config_pipeline_and_mixup():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'swin.py')
-  spec = importlib.util.spec_from_file_location('swin_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module('swin.py')
   imagenet = module.get_config('Swin-T')
   assert 'randaug(' in imagenet.pp_train and 'random_erasing(' in imagenet.pp_train
   assert len(preprocess.parse(imagenet.pp_train, 224)) == 5

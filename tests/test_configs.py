@@ -1,14 +1,13 @@
 """Every experiment config in configs/ loads, names a real model, and builds its train state."""
 
 import glob
-import importlib.util
 import os
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import REPO
+from helpers import REPO, load_config
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import step
@@ -26,13 +25,6 @@ ARGS = {
 }
 
 
-def load_config(path, arg):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def test_every_config_file_is_covered():
   files = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))}
   assert files <= set(ARGS), f'add {sorted(files - set(ARGS))} to ARGS'
@@ -43,7 +35,7 @@ def test_config_builds_model_and_optimizer(name, arg):
   path = os.path.join(REPO, 'configs', name)
   if not os.path.exists(path):
     pytest.skip(f'{name} not in this checkout')
-  config = load_config(path, arg)
+  config = load_config(name, arg)
   assert config.model_name in models.MODEL_CONFIGS
   model = step.create_model(config, 10)
   size = config.image_size
@@ -56,6 +48,6 @@ def test_config_builds_model_and_optimizer(name, arg):
 
 def test_bad_config_arguments_are_rejected():
   with pytest.raises(ValueError, match='Unknown fine-tuning dataset'):
-    load_config(os.path.join(REPO, 'configs', 'finetune.py'), 'ViT-B_16,mnist')
+    load_config('finetune.py', 'ViT-B_16,mnist')
   with pytest.raises(ValueError, match="takes 'MODEL,DATASET'"):
-    load_config(os.path.join(REPO, 'configs', 'finetune.py'), 'ViT-B_16')
+    load_config('finetune.py', 'ViT-B_16')

@@ -2,7 +2,6 @@
 statistics in the eval step, and batch_stats saved and restored by the training checkpoints;
 plus the ResNet/BiT/hybrid/CNN experiment configs."""
 
-import importlib.util
 import os
 import shutil
 
@@ -12,13 +11,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import make_image_folder
+from helpers import load_config, make_image_folder
 from vit_jax import base_config
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax import train
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def resnet_config(**overrides):
@@ -127,20 +125,13 @@ def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
 # Configs.
 
 
-def load_config(name, arg):
-  spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(CONFIGS, name))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module, module.get_config(arg) if arg else module.get_config()
-
-
 @pytest.mark.parametrize('dataset,steps,boundaries,warmup,crop,mixup', [
     ('oxford_flowers102', 500, (200, 300, 400), 100, 480, None),
     ('cifar10', 10_000, (3_000, 6_000, 9_000), 500, 128, 0.1),
     ('imagenet2012', 20_000, (6_000, 12_000, 18_000), 500, 480, 0.1),
 ])
 def test_bit_hyperrule(dataset, steps, boundaries, warmup, crop, mixup):
-  _, config = load_config('bit_hyperrule.py', f'BiT-M-R50x1,{dataset}')
+  config = load_config('bit_hyperrule.py', f'BiT-M-R50x1,{dataset}')
   assert (config.total_steps, tuple(config.lr.boundaries), config.lr.warmup_steps) == (
       steps, boundaries, warmup)
   assert config.image_size == crop and config.batch_size == 512
@@ -164,7 +155,7 @@ def test_bit_hyperrule(dataset, steps, boundaries, warmup, crop, mixup):
     ('cifar10_cnn.py', 'quick', 'CNN-CIFAR'),
 ])
 def test_configs_build_model_and_optimizer(name, arg, model_name):
-  _, config = load_config(name, arg)
+  config = load_config(name, arg)
   assert config.model_name == model_name
   model = train.create_model(config, 10)
   size = config.image_size
@@ -175,8 +166,8 @@ def test_configs_build_model_and_optimizer(name, arg, model_name):
 
 
 def test_cnn_config_mirrors_the_vit_scratch_config():
-  _, cnn = load_config('cifar10_cnn.py', 'quick')
-  _, vit = load_config('cifar10_scratch.py', 'quick')
+  cnn = load_config('cifar10_cnn.py', 'quick')
+  vit = load_config('cifar10_scratch.py', 'quick')
   cnn_fields, vit_fields = cnn.to_dict(), vit.to_dict()
   assert {k for k in cnn_fields if cnn_fields[k] != vit_fields[k]} == {'model_name'}
 

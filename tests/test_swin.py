@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import config_module
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import models_swin
@@ -380,13 +381,8 @@ def test_short_adamw_run_lowers_loss():
 
 
 def test_swin_config_decays_only_kernels():
-  import importlib.util  # pylint: disable=g-import-not-at-top
   from vit_jax import optim  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'swin.py')
-  spec = importlib.util.spec_from_file_location('swin_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_module('swin.py')
   for arg, drop_path in (('Swin-T', 0.2), ('Swin-S', 0.3), ('Swin-B', 0.5), ('cifar10', 0.1)):
     config = module.get_config(arg)
     assert config.model.stochastic_depth == drop_path
