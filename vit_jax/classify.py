@@ -2,11 +2,14 @@ r"""Classifies photos with a checkpoint and prints the top classes with their na
 
   python -m vit_jax.classify --checkpoint=ViT-B_16.npz [--model=ViT-B_16] cat.jpg dog.png
 
-Each image is resized to the resolution the checkpoint was trained at (read from its position
-embedding; `--image_size` overrides) and scaled as the model family expects ([-1, 1] for the
-Google ViT and hybrid models). Class names come from `vit_jax/data/` when the head has 1,000
-(ImageNet), 21,843 (ImageNet-21k), 10 or 100 (CIFAR) classes, or from `--labels`; other heads
-print class indices. Unreadable images are reported on stderr, the rest are still classified, and
+A model exported by a training run is fed as it was trained: its model card (`model.json` beside
+`model.npz`) gives the architecture, the image size, the pixel normalisation and the class names,
+and its `model_state.npz` the BatchNorm statistics. Other files are resized to the resolution
+they were trained at (read from the position embedding; `--image_size` overrides) and scaled as
+the model family expects ([-1, 1] for the Google ViT and hybrid models; `--normalization`
+overrides). Class names come from `--labels`, the card, or `vit_jax/data/` when the head has
+1,000 (ImageNet), 21,843 (ImageNet-21k), 10 or 100 (CIFAR) classes; other heads print class
+indices. Unreadable images are reported on stderr, the rest are still classified, and
 the exit status is 1.
 """
 
@@ -36,14 +39,20 @@ class Prediction(NamedTuple):
   names: list[str]
 
 
-def class_names(num_classes: int, labels_file: str | None = None) -> tuple[str, list[str] | None]:
-  """(description, names or None) for a head of `num_classes` outputs."""
+def class_names(num_classes: int, labels_file: str | None = None,
+                card_names: Sequence[str] | None = None) -> tuple[str, list[str] | None]:
+  """(description, names or None) for a head of `num_classes` outputs.
+
+  A labels file wins over the names of the model card, which win over the built-in lists.
+  """
   if labels_file:
     names = list(labels_lib.read_labels(labels_file))
     if len(names) != num_classes:
       raise ValueError(f'{labels_file} names {len(names)} classes, but the head has '
                        f'{num_classes}')
     return f'labels from {labels_file}', names
+  if card_names is not None:
+    return 'labels from the model card', list(card_names)
   found = labels_lib.labels_for_head(num_classes)
   if found is None:
     return (f'no label names are known for a {num_classes}-class head: printing class indices '
@@ -76,7 +85,7 @@ def classify(loaded: from_checkpoint.LoadedModel, paths: Sequence[str], *, top_k
   """
   if top_k < 1:
     raise ValueError(f'top_k must be positive, got {top_k}')
-  apply = jax.jit(lambda params, x: loaded.model.apply({'params': params}, x, train=False))
+  apply = jax.jit(lambda variables, x: loaded.model.apply(variables, x, train=False))
   images, errors = {}, {}
   for path in paths:
     try:
@@ -89,7 +98,7 @@ def classify(loaded: from_checkpoint.LoadedModel, paths: Sequence[str], *, top_k
   readable = list(images)
   for start in range(0, len(readable), batch_size):
     chunk = readable[start:start + batch_size]
-    logits = np.asarray(apply(loaded.params, np.stack([images[p] for p in chunk])))
+    logits = np.asarray(apply(loaded.variables, np.stack([images[p] for p in chunk])))
     if logits.ndim != 2:
       raise ValueError(f'The model returns {logits.shape}, not (batch, classes) logits; does '
                        'the checkpoint have a classification head?')
@@ -128,6 +137,11 @@ def define_flags() -> None:
                     'pre-training is multi-label, trained with sigmoid cross-entropy), softmax '
                     'otherwise.')
   flags.DEFINE_integer('batch_size', 16, 'Images per forward pass.')
+  flags.DEFINE_enum('normalization', None, list(image_io.NORMALIZATIONS),
+                    'Pixel scaling. Default: what the model card beside the checkpoint records '
+                    '(training exports have one), else the family default: minus_one_one for '
+                    "Google's ViTs and hybrids, zero_one for BiT, imagenet for the rest (timm's "
+                    'DeiT weights want imagenet).')
   flags.mark_flag_as_required('checkpoint')
 
 
@@ -136,15 +150,16 @@ def main(argv: Sequence[str]) -> int:
   if not paths:
     raise app.UsageError('Name at least one image file')
   try:
-    loaded = from_checkpoint.load_model(checkpoint.load(FLAGS.checkpoint), FLAGS.model,
-                                        image_size=FLAGS.image_size)
+    loaded = from_checkpoint.load_file(FLAGS.checkpoint, FLAGS.model,
+                                       image_size=FLAGS.image_size,
+                                       normalization=FLAGS.normalization)
   except (FileNotFoundError, KeyError, checkpoint.CheckpointError) as e:
     sys.exit(f'classify: cannot load {FLAGS.checkpoint}: {e}')
   num_classes = getattr(loaded.model, 'num_classes', None)
   if not num_classes:
     sys.exit(f'classify: {FLAGS.checkpoint} has no classification head')
   try:
-    description, names = class_names(num_classes, FLAGS.labels)
+    description, names = class_names(num_classes, FLAGS.labels, loaded.class_names)
   except (OSError, ValueError) as e:
     sys.exit(f'classify: {e}')
   height, width = loaded.image_size

@@ -8,17 +8,16 @@ jitted train step as a separate argument, so they are never differentiated, upda
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from vit_jax import checkpoint
+from vit_jax import export
 from vit_jax import models
 
 
@@ -59,21 +58,14 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[n
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
                                              train=False))
   variables = {'params': checkpoint.inspect_params(params=params, expected=shapes['params'])}
+  state = None
   for collection in shapes:
     if collection in ('params', 'intermediates'):
       continue
-    state_path = state_path_for(dist.teacher_path)
-    if not os.path.exists(state_path):
+    state = export.read_state(dist.teacher_path) if state is None else state
+    if state is None or collection not in state:
       raise FileNotFoundError(f'Teacher {dist.teacher_model} has {collection!r}; expected them in '
-                              f'{state_path}')
-    with np.load(state_path) as data:
-      state = checkpoint.unflatten({k: data[k] for k in data.files})
+                              f'{export.state_path_for(dist.teacher_path)}')
     variables[collection] = checkpoint.inspect_params(params=state[collection],
                                                       expected=shapes[collection])
   return model, variables
-
-
-def state_path_for(params_path: str) -> str:
-  """Where the non-parameter variables (BatchNorm statistics) of an exported model live."""
-  root, ext = os.path.splitext(params_path)
-  return f'{root}_state{ext}'

@@ -14,9 +14,19 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
-# Pixel statistics on the [0, 1] scale, for models trained with mean/std normalisation.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Pixel statistics on the [0, 1] scale, for models trained with mean/std normalisation (the
+# training pipeline's `normalize` op reads the same table).
+MEAN_STD = {
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+IMAGENET_MEAN, IMAGENET_STD = MEAN_STD['imagenet']
+# The value ranges of the Google releases: [-1, 1] (ViT, hybrids) and [0, 1] (BiT).
+VALUE_RANGES = {'minus_one_one': (-1., 1.), 'zero_one': (0., 1.)}
+NORMALIZATIONS = tuple(VALUE_RANGES) + tuple(MEAN_STD)
+
+# A normalisation: one of NORMALIZATIONS, or (mean, std) per channel on the [0, 1] scale.
+Normalization = str | tuple[Sequence[float], Sequence[float]]
 
 
 class ImageError(ValueError):
@@ -82,27 +92,43 @@ def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
-def normalize(image: np.ndarray, normalization: str = 'minus_one_one') -> np.ndarray:
+def normalize(image: np.ndarray, normalization: Normalization = 'minus_one_one') -> np.ndarray:
   """uint8 HWC -> float32 model input.
 
   Args:
     image: uint8 pixels.
     normalization: 'minus_one_one' ((x - 127.5) / 127.5, the Google ViT and hybrid models),
-      'zero_one' (x / 255, BiT), or 'imagenet' (ImageNet mean/std, Swin and most timm models).
+      'zero_one' (x / 255, BiT), a name of MEAN_STD ('imagenet': Swin, DeiT and most timm models;
+      'cifar10'), or an explicit (mean, std) pair on the [0, 1] scale.
   """
   x = image.astype(np.float32)
   if normalization == 'minus_one_one':
     return (x - 127.5) / 127.5
   if normalization == 'zero_one':
     return x / 255.
-  if normalization == 'imagenet':
-    return (x / 255. - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-  raise ValueError(f"Unknown normalization {normalization!r}; expected 'minus_one_one', "
-                   "'zero_one' or 'imagenet'")
+  if isinstance(normalization, str):
+    if normalization not in MEAN_STD:
+      raise ValueError(f'Unknown normalization {normalization!r}; expected one of '
+                       f'{", ".join(NORMALIZATIONS)} or a (mean, std) pair')
+    normalization = MEAN_STD[normalization]
+  mean, std = (np.asarray(v, np.float32) for v in normalization)
+  return (x / 255. - mean) / std
+
+
+def normalization_name(mean: Sequence[float], std: Sequence[float]) -> Normalization:
+  """The name of (mean, std) where it is a known normalisation, else the pair itself."""
+  for name, (vmin, vmax) in VALUE_RANGES.items():
+    if np.allclose(mean, -vmin / (vmax - vmin)) and np.allclose(std, 1. / (vmax - vmin)):
+      return name
+  for name, stats in MEAN_STD.items():
+    if np.allclose(mean, stats[0]) and np.allclose(std, stats[1]):
+      return name
+  return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def load_batch(paths: Sequence[str | os.PathLike], size: int | Sequence[int],
-               normalization: str = 'minus_one_one') -> tuple[np.ndarray, np.ndarray]:
+               normalization: Normalization = 'minus_one_one',
+               ) -> tuple[np.ndarray, np.ndarray]:
   """Reads, resizes and normalises images: returns (inputs float32 NHWC, resized uint8 NHWC)."""
   pixels = np.stack([resize(read_image(p), size) for p in paths])
   return np.stack([normalize(p, normalization) for p in pixels]), pixels

@@ -34,6 +34,7 @@ class Source:
   num_examples: int  # in this process's slice
   max_process_examples: int  # the largest slice over processes (fixes the eval step count)
   num_classes: int
+  class_names: tuple[str, ...] | None = None  # by label; None where the dataset names none
 
 
 def _data_dir(config: Any) -> str | None:
@@ -75,8 +76,9 @@ def _tfds_source(config: Any, split: str) -> Source:
   ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False)
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return Source(ds, sizes[jax.process_index()], max(sizes),
-                builder.info.features['label'].num_classes)
+  label = builder.info.features['label']
+  return Source(ds, sizes[jax.process_index()], max(sizes), label.num_classes,
+                tuple(label.names) if getattr(label, 'names', None) else None)
 
 
 def _slice(n: int, bound: str, default: int) -> int:
@@ -123,7 +125,7 @@ def _imagefolder_source(config: Any, split: str) -> Source:
                                                         expand_animations=False),
                             'label': y},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return Source(ds, len(mine), max(len(s) for s in shards), len(classes))
+  return Source(ds, len(mine), max(len(s) for s in shards), len(classes), tuple(classes))
 
 
 def get_source(config: Any, split: str) -> Source:
@@ -139,6 +141,23 @@ def get_source(config: Any, split: str) -> Source:
 
 def _example_seed(seed: int, position: tf.Tensor) -> tf.Tensor:
   return tf.stack([tf.constant(seed, tf.int64), tf.cast(position, tf.int64)])
+
+
+def _at_model_size(image: tf.Tensor, image_size: int | tuple[int, int]) -> tf.Tensor:
+  """The preprocessed image at `image_size`, with a static shape.
+
+  Ops such as `normalize` alone keep each file's own size (image folders hold any sizes): such
+  images are resized here. An op that produced another fixed size is a config error.
+  """
+  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  static = tuple(image.shape[:2])
+  if None not in static and static != size:
+    raise ValueError(f'The preprocessing ops produce {static[0]}x{static[1]} images but '
+                     f'config.image_size is {size}; make the ops\' sizes match it (or leave them '
+                     'open: images are then resized to config.image_size)')
+  if None in static:
+    image = preprocess.resize_image(image, size)
+  return tf.ensure_shape(image, size + (image.shape[-1] if image.shape[-1] is not None else 3,))
 
 
 def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
@@ -170,7 +189,7 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
 
   def process(position, example):
     image = preprocess.apply(ops, example['image'], _example_seed(seed, position))
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+    return {'image': _at_model_size(image, config.image_size), 'label': tf.cast(example['label'], tf.int32)}
 
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch, drop_remainder=True).prefetch(2)
@@ -186,12 +205,13 @@ def eval_dataset(config: Any, source: Source, local_batch: int) -> tuple[tf.data
 
   def process(example):
     image = preprocess.apply(ops, example['image'], _example_seed(0, 0))
-    return {'image': image, 'label': tf.cast(example['label'], tf.int32),
-            'mask': tf.constant(1., tf.float32)}
+    return {'image': _at_model_size(image, config.image_size),
+            'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1., tf.float32)}
 
   ds = source.dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  padding = tf.data.Dataset.from_tensors(
-      jax.tree.map(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
+  # Padding is the first example zeroed and masked out: it has the real examples' shapes and
+  # dtypes whatever the ops are, with no need for a static image shape.
+  padding = ds.take(1).map(lambda ex: jax.tree.map(tf.zeros_like, ex))
   ds = ds.concatenate(padding.repeat(num_batches * local_batch - source.num_examples))
   return ds.batch(local_batch, drop_remainder=True).prefetch(2), num_batches
 

@@ -10,20 +10,18 @@ Ops register by name with `@register`.
 from __future__ import annotations
 
 import ast
+import inspect
 from typing import Callable
 
 import tensorflow as tf
 
 from vit_jax import augment
+from vit_jax import image_io
 
 Op = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 _OPS: dict[str, Callable[..., Op]] = {}
 
-# Pixel statistics on the [0, 1] scale.
-MEAN_STD = {
-    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-}
+MEAN_STD = image_io.MEAN_STD  # Pixel statistics on the [0, 1] scale, by name.
 
 
 def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
@@ -36,9 +34,9 @@ def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
   return wrap
 
 
-def parse(spec: str, image_size: int | tuple[int, int]) -> list[Op]:
-  """Parses `'a|b(1, 2)|c(k=3)'` into ops; ops that take a size default to `image_size`."""
-  ops = []
+def _calls(spec: str) -> list[tuple[str, str, list, dict]]:
+  """`'a|b(1, 2)|c(k=3)'` as (text, name, args, kwargs) per op, names checked."""
+  calls = []
   for part in (p.strip() for p in spec.split('|') if p.strip()):
     try:
       call = ast.parse(part, mode='eval').body
@@ -55,11 +53,44 @@ def parse(spec: str, image_size: int | tuple[int, int]) -> list[Op]:
     if name not in _OPS:
       raise ValueError(f'Unknown preprocessing op {name!r} in {spec!r}; known ops: '
                        f'{", ".join(sorted(_OPS))}')
+    calls.append((part, name, args, kwargs))
+  return calls
+
+
+def parse(spec: str, image_size: int | tuple[int, int]) -> list[Op]:
+  """Parses `'a|b(1, 2)|c(k=3)'` into ops; ops that take a size default to `image_size`."""
+  ops = []
+  for _, name, args, kwargs in _calls(spec):
     factory = _OPS[name]
     if 'size' in factory.__code__.co_varnames and not args and 'size' not in kwargs:
       kwargs['size'] = image_size
     ops.append(factory(*args, **kwargs))
   return ops
+
+
+def pixel_normalization(spec: str) -> image_io.Normalization:
+  """How the ops of `spec` scale pixels, as `image_io.normalize` takes it.
+
+  The last `value_range` or `normalize` op decides; without one the model sees raw 0..255
+  values. This is what an exported model records, so that tools feed it as it was trained.
+  """
+  mean, std = (0., 0., 0.), (1 / 255,) * 3
+  for _, name, args, kwargs in _calls(spec):
+    if name == 'value_range':
+      bound = inspect.signature(value_range).bind(*args, **kwargs)
+      bound.apply_defaults()
+      vmin, vmax = bound.arguments['vmin'], bound.arguments['vmax']
+      mean, std = (-vmin / (vmax - vmin),) * 3, (1 / (vmax - vmin),) * 3
+    elif name == 'normalize':
+      bound = inspect.signature(normalize).bind(*args, **kwargs)
+      bound.apply_defaults()
+      stats = bound.arguments['stats']
+      if isinstance(stats, str):
+        if stats not in MEAN_STD:
+          raise ValueError(f'Unknown normalisation {stats!r}; known: {sorted(MEAN_STD)}')
+        stats = MEAN_STD[stats]
+      mean, std = stats
+  return image_io.normalization_name(mean, std)
 
 
 def apply(ops: list[Op], image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -73,7 +104,8 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def resize_image(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """Bilinear resize to `size` (uint8 stays uint8, rounded; float stays float)."""
   dtype = image.dtype
   image = tf.image.resize(image, size, method='bilinear', antialias=False)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), dtype) if dtype == tf.uint8 else image
@@ -82,7 +114,7 @@ def _resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 @register('resize')
 def resize(size: int | tuple[int, int] = 224) -> Op:
   """Resizes to `size` ignoring the aspect ratio (the original library's eval)."""
-  return lambda image, seed: _resize(image, _hw(size))
+  return lambda image, seed: resize_image(image, _hw(size))
 
 
 @register('resize_small')
@@ -93,7 +125,7 @@ def resize_small(smaller_side: int) -> Op:
     ratio = tf.cast(smaller_side, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
     new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * ratio), tf.int32)
     new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * ratio), tf.int32)
-    return _resize(image, (new_h, new_w))
+    return resize_image(image, (new_h, new_w))
   return op
 
 
@@ -116,7 +148,7 @@ def inception_crop(size: int | tuple[int, int] = 224, area_min: float = 5,
         tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
         area_range=(area_min / 100, area_max / 100), min_object_covered=0,
         use_image_if_no_bounding_boxes=True)
-    return _resize(tf.slice(image, begin, crop_size), _hw(size))
+    return resize_image(tf.slice(image, begin, crop_size), _hw(size))
   return op
 
 

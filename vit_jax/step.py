@@ -163,30 +163,38 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
 def init_state(config: ml_collections.ConfigDict, model: nn.Module,
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                image_shape: tuple[int, int, int], params: Any | None = None,
-               ) -> tuple[TrainState, Any]:
+               model_state: Any | None = None) -> tuple[TrainState, Any]:
   """Initialises (or wraps given `params` into) a TrainState laid out on `mesh`.
 
+  Given `params` (a pre-trained checkpoint) are the state's only parameters; given `model_state`
+  (e.g. its BatchNorm statistics) replaces the fresh collections of the same names.
   Returns (state, state_shardings). Parameters are created directly in their sharded layout.
   """
-  make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, params)
-  state = jax.jit(make, out_shardings=shardings)(init_rng, params)
+  make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, params,
+                                             model_state)
+  state = jax.jit(make, out_shardings=shardings)(init_rng, params, model_state)
   return state, shardings
 
 
-def _state_factory(config, model, tx, mesh, image_shape, params):
-  """(make(rng, params) -> TrainState, its init rng, the state's shardings by the rules)."""
+def _state_factory(config, model, tx, mesh, image_shape, params, model_state=None):
+  """(make(rng, params, model_state) -> TrainState, its init rng, the state's shardings)."""
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
 
-  def make(rng, given):
+  def make(rng, given_params, given_state):
     variables = flax.core.unfreeze(
         model.init({'params': rng, 'dropout': rng}, dummy, train=False))
-    p = variables.pop('params') if given is None else given
+    # Fresh parameters must never reach model_state: apply({'params': p, **model_state}) would
+    # let them override the given (pre-trained) ones, and no gradient would reach those.
+    fresh = variables.pop('params')
     variables.pop('intermediates', None)
+    p = fresh if given_params is None else given_params
+    if given_state:
+      variables.update(given_state)
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       model_state=variables, rng=state_rng)
 
-  abstract = jax.eval_shape(make, init_rng, params)
+  abstract = jax.eval_shape(make, init_rng, params, model_state)
   shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))
   return make, init_rng, shardings
 
@@ -207,7 +215,7 @@ def memory_analysis(config: ml_collections.ConfigDict, num_classes: int,
     tx, schedule = optim.make_optimizer(config, abstract_params)
     make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, None)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            jax.eval_shape(make, init_rng, None), shardings)
+                            jax.eval_shape(make, init_rng, None, None), shardings)
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {'image': jax.ShapeDtypeStruct((config.batch_size,) + image_shape, jnp.float32,
                                            sharding=batch_sharding),

@@ -28,15 +28,34 @@ import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import distill
+from vit_jax import export
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import optim
+from vit_jax import preprocess
 from vit_jax import sharding
 from vit_jax.step import TrainState, create_model, init_state, make_eval_step, make_train_step
 
 
 # ---------------------------------------------------------------------------------------------
 # The job.
+
+
+def load_pretrained_state(config: ml_collections.ConfigDict, model: nn.Module,
+                          image_shape: tuple[int, int, int]) -> Any | None:
+  """The non-parameter variables exported beside `config.pretrained_path` (BatchNorm
+  statistics), checked against `model`; None where the file has none or the model needs none."""
+  saved = export.read_state(config.pretrained_path)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False))
+  wanted = {k: v for k, v in shapes.items() if k not in ('params', 'intermediates')}
+  if not saved or not wanted:
+    return None
+  missing = sorted(set(wanted) - set(saved))
+  if missing:
+    raise checkpoint.CheckpointError(f'{export.state_path_for(config.pretrained_path)} lacks '
+                                     f'the collections {missing} of {config.model_name}')
+  return {k: checkpoint.inspect_params(params=saved[k], expected=wanted[k]) for k in wanted}
 
 
 def load_pretrained_params(config: ml_collections.ConfigDict, model: nn.Module,
@@ -98,10 +117,14 @@ def _quiet_libraries(record: py_logging.LogRecord) -> bool:
 
 
 def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
-             source: input_pipeline.Source, batch_sharding: Any) -> dict[str, float]:
-  """Top-1/top-5 accuracy and loss over every example of the eval split, exactly once."""
+             source: input_pipeline.Source, batch_sharding: Any,
+             dataset: tuple[Any, int] | None = None) -> dict[str, float]:
+  """Top-1/top-5 accuracy and loss over every example of the eval split, exactly once.
+
+  `dataset`: the (dataset, number of batches) of `input_pipeline.eval_dataset`, if built already.
+  """
   local_batch = config.eval_batch_size // jax.process_count()
-  ds, num_batches = input_pipeline.eval_dataset(config, source, local_batch)
+  ds, num_batches = dataset or input_pipeline.eval_dataset(config, source, local_batch)
   totals = None
   for batch in input_pipeline.prefetch_to_mesh(ds.as_numpy_iterator(), batch_sharding):
     sums = eval_step(state, batch)
@@ -151,14 +174,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = create_model(config, num_classes)
   image_shape = (config.image_size, config.image_size, 3) if isinstance(
       config.image_size, int) else tuple(config.image_size) + (3,)
-  params = None
+  # The eval pipeline is built (not run) before any step, so that a preprocessing that does not
+  # fit the model fails now, not after the first `eval_every` steps.
+  eval_data = input_pipeline.eval_dataset(config, eval_source,
+                                          config.eval_batch_size // jax.process_count())
+  params, pretrained_state = None, None
   if config.get('pretrained_path'):
     params = load_pretrained_params(config, model, image_shape)
+    pretrained_state = load_pretrained_state(config, model, image_shape)
   param_shapes = params if params is not None else jax.eval_shape(
       lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False)
   )['params']
   tx, schedule = optim.make_optimizer(config, param_shapes)
-  state, state_shardings = init_state(config, model, tx, mesh, image_shape, params)
+  state, state_shardings = init_state(config, model, tx, mesh, image_shape, params,
+                                      pretrained_state)
   batch_sharding = sharding.batch_sharding(mesh)
   if jax.process_index() == 0:
     sharding.report(state.params, state_shardings.params)
@@ -235,7 +264,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       tick, tick_step = time.time(), step
 
     if step % config.eval_every == 0 or is_last:
-      eval_metrics = evaluate(eval_step, state, config, eval_source, batch_sharding)
+      eval_metrics = evaluate(eval_step, state, config, eval_source, batch_sharding, eval_data)
       writer.write_scalars(step, {k: v for k, v in eval_metrics.items()
                                   if k not in ('eval_examples', 'eval_batches')})
       logging.info('step %d eval: top-1 %.4f  top-5 %.4f  loss %.4f  (%d examples)', step,
@@ -252,11 +281,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     params, model_state = jax.device_get(sharding.gather((state.params, state.model_state)))
     if jax.process_index() == 0:
       path = os.path.join(workdir, 'model.npz')
-      checkpoint.save(params, path)
-      if model_state:  # BatchNorm statistics, beside the parameters (distill.load_teacher).
-        checkpoint.save(model_state, distill.state_path_for(path))
-      logging.info('Exported %s', path)
+      export.write_model(path, params, model_state, _model_card(config, num_classes,
+                                                                train_source))
+      logging.info('Exported %s with its model card %s', path, export.card_path_for(path))
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
+
+
+def _model_card(config: ml_collections.ConfigDict, num_classes: int,
+                source: input_pipeline.Source) -> dict[str, Any]:
+  names = source.class_names
+  if names is not None and len(names) != num_classes:
+    names = None  # config.num_classes widened the head beyond the dataset's classes.
+  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+  return export.make_card(
+      model_name=config.model_name, model_overrides=overrides, num_classes=num_classes,
+      class_names=names, image_size=config.image_size, pp_eval=config.pp_eval,
+      normalization=preprocess.pixel_normalization(config.pp_eval))
 
 
 def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:

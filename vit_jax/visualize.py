@@ -34,7 +34,6 @@ from vit_jax import checkpoint
 from vit_jax import from_checkpoint
 from vit_jax import image_io
 from vit_jax import interpret
-from vit_jax import models
 
 SUBCOMMANDS = ('attention', 'rollout', 'posemb', 'filters', 'curves')
 
@@ -249,16 +248,14 @@ def plot_curves(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str,
 
 def _load(sow_weights: bool = False) -> from_checkpoint.LoadedModel:
   """The checkpoint's ViT (plain or hybrid); other families have no global attention."""
-  params = checkpoint.load(FLAGS.checkpoint)
-  family = (models.MODEL_FAMILIES.get(FLAGS.model, 'vit') if FLAGS.model else
-            'swin' if from_checkpoint.is_swin(checkpoint.flatten(params)) else 'vit')
-  if family != 'vit':
-    raise ValueError(f'{FLAGS.model or FLAGS.checkpoint} is a {family} model: these figures '
-                     'need a plain or hybrid ViT (Swin attends within shifted windows, the '
-                     'ResNets have no attention)')
   overrides = {'sow_weights': True} if sow_weights else {}
-  return from_checkpoint.load_model(params, FLAGS.model, image_size=FLAGS.image_size,
-                                    **overrides)
+  loaded = from_checkpoint.load_file(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size,
+                                     normalization=FLAGS.normalization, **overrides)
+  if loaded.family != 'vit':
+    raise ValueError(f'{FLAGS.model or FLAGS.checkpoint} is a {loaded.family} model: these '
+                     'figures need a plain or hybrid ViT (Swin attends within shifted windows, '
+                     'the ResNets have no attention)')
+  return loaded
 
 
 def _token_layout(loaded: from_checkpoint.LoadedModel) -> tuple[int, tuple[int, int]]:
@@ -329,6 +326,9 @@ def define_flags() -> None:
   flags.DEFINE_string('image', None, 'Image file (attention, rollout).')
   flags.DEFINE_integer('image_size', None,
                        'Input resolution; default: the one the checkpoint was trained at.')
+  flags.DEFINE_enum('normalization', None, list(image_io.NORMALIZATIONS),
+                    'Pixel scaling; default: the model card beside the checkpoint, else the '
+                    'family default (see classify).')
   flags.DEFINE_integer('layer', -1, 'Encoder layer for `attention` (negative: from the end).')
   flags.DEFINE_integer('components', 28, 'Principal components for `filters`.')
   flags.DEFINE_string('workdir', None, 'Training workdir with event files (curves).')
