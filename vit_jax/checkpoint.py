@@ -410,7 +410,9 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int | tuple[int, int],
 
 
 def _num_prefix_tokens(flat_init: Mapping[str, Any]) -> int:
-  return sum(key in flat_init for key in ('cls', 'dist'))
+  """Position-embedding rows before the grid: [CLS], DeiT's `dist`, and register tokens."""
+  registers = np.shape(flat_init['reg'])[1] if 'reg' in flat_init else 0
+  return sum(key in flat_init for key in ('cls', 'dist')) + registers
 
 
 def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[str, Any],
