@@ -268,7 +268,7 @@ def load(path: str | os.PathLike) -> Params:
     flat = {key[len(_OPT_PREFIX):] if key.startswith(_OPT_PREFIX) else key: value
             for key, value in flat.items()}
   layout = _layout_for_checkpoint(list(flat))
-  return unflatten(layout.to_params(flat))
+  return unflatten(unstack_encoder(layout.to_params(flat)))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -460,3 +460,7 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
       flat[posemb_key] = interpolate_posembed(
           old, grid if grid is not None else new[1], num_prefix_tokens=prefix, old_grid=old_grid)
   return inspect_params(params=unflatten(flat), expected=unflatten(flat_init))
+
+
+# big_vision's layout lives in its own module, which adds itself to LAYOUTS when imported.
+from vit_jax import checkpoint_big_vision  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
