@@ -423,7 +423,8 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
 
   As in the original library: the head is re-initialised (taken from `init_params`), `pre_logits`
   is dropped when `model_config.representation_size` is None, and the position embedding is
-  resized to the model's grid. Everything else must fit exactly: a missing, extra or mis-shaped
+  resized to the model's grid. A ViT's patch-embedding kernel of another patch size is resampled
+  (FlexiViT's pseudo-inverse resize, `flexi.resample_patchemb`). Everything else must fit exactly: a missing, extra or mis-shaped
   key raises CheckpointError naming it. Scanned models get their blocks stacked.
 
   Args:
@@ -450,6 +451,14 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
       flat[key] = np.asarray(value)
   if _is_scanned(list(flat_init)):
     flat = stack_encoder(flat)
+
+  embedding = 'embedding/kernel'
+  if embedding in flat and 'conv_root/kernel' not in flat_init:
+    old, new = np.shape(flat[embedding]), np.shape(flat_init[embedding])
+    if old[:2] != new[:2] and old[2:] == new[2:]:
+      from vit_jax import flexi  # pylint: disable=g-import-not-at-top
+      logging.info('Resampling the patch embedding %s -> %s (FlexiViT)', old[:2], new[:2])
+      flat[embedding] = flexi.resample_patchemb(flat[embedding], new[:2])
 
   posemb_key = next((k for k in flat_init if k.endswith('posembed_input/pos_embedding')), None)
   if posemb_key and posemb_key in flat:
