@@ -78,6 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
+  # Weight EMA: ema = decay * ema + (1 - decay) * params after every step; 0 disables it. When on,
+  # evaluation also reports the average (`ema_eval_*`) and it is exported as model_ema.npz.
+  config.ema_decay = 0.
   return config
 
 

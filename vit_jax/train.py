@@ -241,6 +241,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.info('step %d eval: top-1 %.4f  top-5 %.4f  loss %.4f  (%d examples)', step,
                    eval_metrics['eval_accuracy'], eval_metrics['eval_top5_accuracy'],
                    eval_metrics['eval_loss'], eval_metrics['eval_examples'])
+      if state.ema_params is not None:
+        ema_metrics = evaluate(eval_step, state.replace(params=state.ema_params), config,
+                               eval_source, batch_sharding)
+        ema_metrics = {f'ema_{k}': v for k, v in ema_metrics.items()
+                       if k not in ('eval_examples', 'eval_batches')}
+        writer.write_scalars(step, ema_metrics)
+        logging.info('step %d EMA eval: top-1 %.4f', step, ema_metrics['ema_eval_accuracy'])
+        eval_metrics.update(ema_metrics)
 
     if step % config.checkpoint_every == 0 or is_last:
       _check_finite(*pending)
@@ -249,12 +257,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
 
   if config.get('export_npz', True):
-    params, model_state = jax.device_get(sharding.gather((state.params, state.model_state)))
+    params, model_state, ema_params = jax.device_get(
+        sharding.gather((state.params, state.model_state, state.ema_params)))
     if jax.process_index() == 0:
       path = os.path.join(workdir, 'model.npz')
       checkpoint.save(params, path)
       if model_state:  # BatchNorm statistics, beside the parameters (distill.load_teacher).
         checkpoint.save(model_state, distill.state_path_for(path))
+      if ema_params is not None:
+        ema_path = os.path.join(workdir, 'model_ema.npz')
+        checkpoint.save(ema_params, ema_path)
+        logging.info('Exported the weight EMA to %s', ema_path)
       logging.info('Exported %s', path)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
