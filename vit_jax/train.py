@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import distill
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import optim
@@ -249,6 +250,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         writer.write_scalars(step, ema_metrics)
         logging.info('step %d EMA eval: top-1 %.4f', step, ema_metrics['ema_eval_accuracy'])
         eval_metrics.update(ema_metrics)
+
+    if config.get('fewshot_every') and (step % config.fewshot_every == 0 or is_last):
+      variables = jax.device_get(sharding.gather({'params': state.params, **state.model_state}))
+      fewshot_metrics = fewshot.evaluate(model, variables, config)
+      writer.write_scalars(step, fewshot_metrics)
+      logging.info('step %d few-shot: %s', step,
+                   '  '.join(f'{k} {v:.4f}' for k, v in fewshot_metrics.items()))
+      eval_metrics.update(fewshot_metrics)
 
     if step % config.checkpoint_every == 0 or is_last:
       _check_finite(*pending)
