@@ -334,7 +334,7 @@ def test_weight_ema_follows_its_definition(data_overrides):
 
 def test_fewshot_probe_runs_during_training(tmp_path, data_overrides):
   extra = ['--config.fewshot_every=12', '--config.fewshot.shots=(1,5)',
-           '--config.fewshot.train_split=train[:60]', '--config.fewshot.test_split=test[:30]']
+           '--config.fewshot.train_split=train[:200]', '--config.fewshot.test_split=test[:30]']
   run_main(tmp_path, data_overrides, extra)
   log = (tmp_path / 'train.0.log').read_text()
   assert 'few-shot: fewshot_1shot' in log and 'fewshot_5shot' in log
