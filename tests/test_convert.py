@@ -309,8 +309,8 @@ def test_unrepresentable_models_are_refused_with_the_reason():
 
 def test_unknown_timm_keys_are_named():
   state = convert_timm.to_timm(checkpoint.flatten(tiny_params(tiny_model())))
-  state['blocks.0.ls1.gamma'] = np.ones(32, np.float32)  # Layer scale: not in our ViT.
-  with pytest.raises(convert_timm.ConversionError, match=r'blocks\.0\.ls1\.gamma'):
+  state['norm_pre.weight'] = np.ones(32, np.float32)  # CLIP's pre-norm: not in our ViT.
+  with pytest.raises(convert_timm.ConversionError, match=r'norm_pre\.weight'):
     convert_timm.from_timm(state, num_heads=4)
 
 

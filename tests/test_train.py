@@ -293,3 +293,48 @@ def test_repeated_augmentation_repeats_images_with_different_crops(data_override
   assert (labels == labels[:, :1]).all()  # Three copies of each image in a row...
   images = batch['image'].reshape(10, 3, 32, 32, 3)
   assert not np.array_equal(images[:, 0], images[:, 1])  # ...each augmented differently.
+
+
+def test_weight_ema_resumes_exactly_and_is_the_average(tmp_path, data_overrides):
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  extra = ['--config.ema_decay=0.9', '--config.model.transformer.dropout_rate=0.']
+  run_main(straight, data_overrides, extra)
+  run_main(killed, data_overrides, extra, kill_after_checkpoint=4)
+  run_main(killed, data_overrides, extra)
+  for name in ('model.npz', 'model_ema.npz'):
+    a = checkpoint.flatten(checkpoint.load(straight / name))
+    b = checkpoint.flatten(checkpoint.load(killed / name))
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f'{name} {key}')
+  assert 'EMA eval: top-1' in (straight / 'train.0.log').read_text()
+
+
+def test_weight_ema_follows_its_definition(data_overrides):
+  config = make_config(data_overrides, batch_size=8, ema_decay=0.75)
+  config.model.transformer.dropout_rate = 0.0
+  mesh = sharding.make_mesh(config.mesh)
+  model = step_lib.create_model(config, 10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  tx, schedule = optim.make_optimizer(config, shapes['params'])
+  state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
+  expected = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3)),
+           'label': jnp.arange(8) % 10}
+  for _ in range(3):
+    state, _ = step(state, batch)
+    expected = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * np.asarray(p, np.float64), expected,
+                            state.params)
+  for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  assert any(np.abs(np.asarray(a) - b).max() > 1e-5
+             for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)))
+
+
+def test_fewshot_probe_runs_during_training(tmp_path, data_overrides):
+  extra = ['--config.fewshot_every=12', '--config.fewshot.shots=(1,5)',
+           '--config.fewshot.train_split=train[:200]', '--config.fewshot.test_split=test[:30]']
+  run_main(tmp_path, data_overrides, extra)
+  log = (tmp_path / 'train.0.log').read_text()
+  assert 'few-shot: fewshot_1shot' in log and 'fewshot_5shot' in log

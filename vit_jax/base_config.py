@@ -78,6 +78,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
+  # Weight EMA: ema = decay * ema + (1 - decay) * params after every step; 0 disables it. When on,
+  # evaluation also reports the average (`ema_eval_*`) and it is exported as model_ema.npz.
+  config.ema_decay = 0.
+  # Few-shot linear probes on the pre-logits features (vit_jax/fewshot.py) every `fewshot_every`
+  # steps (0: never), on `fewshot`'s splits of `dataset`, preprocessed with `pp_eval`.
+  config.fewshot_every = 0
+  config.fewshot = ml_collections.ConfigDict(dict(
+      train_split='train[:1000]', test_split='test[:1000]', shots=(1, 5, 10, 25),
+      l2_reg=2.**10, seed=0, batch_size=64))
   return config
 
 

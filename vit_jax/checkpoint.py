@@ -268,7 +268,7 @@ def load(path: str | os.PathLike) -> Params:
     flat = {key[len(_OPT_PREFIX):] if key.startswith(_OPT_PREFIX) else key: value
             for key, value in flat.items()}
   layout = _layout_for_checkpoint(list(flat))
-  return unflatten(layout.to_params(flat))
+  return unflatten(unstack_encoder(layout.to_params(flat)))
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -410,7 +410,9 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int | tuple[int, int],
 
 
 def _num_prefix_tokens(flat_init: Mapping[str, Any]) -> int:
-  return sum(key in flat_init for key in ('cls', 'dist'))
+  """Position-embedding rows before the grid: [CLS], DeiT's `dist`, and register tokens."""
+  registers = np.shape(flat_init['reg'])[1] if 'reg' in flat_init else 0
+  return sum(key in flat_init for key in ('cls', 'dist')) + registers
 
 
 def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[str, Any],
@@ -421,7 +423,8 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
 
   As in the original library: the head is re-initialised (taken from `init_params`), `pre_logits`
   is dropped when `model_config.representation_size` is None, and the position embedding is
-  resized to the model's grid. Everything else must fit exactly: a missing, extra or mis-shaped
+  resized to the model's grid. A ViT's patch-embedding kernel of another patch size is resampled
+  (FlexiViT's pseudo-inverse resize, `flexi.resample_patchemb`). Everything else must fit exactly: a missing, extra or mis-shaped
   key raises CheckpointError naming it. Scanned models get their blocks stacked.
 
   Args:
@@ -449,6 +452,14 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   if _is_scanned(list(flat_init)):
     flat = stack_encoder(flat)
 
+  embedding = 'embedding/kernel'
+  if embedding in flat and 'conv_root/kernel' not in flat_init:
+    old, new = np.shape(flat[embedding]), np.shape(flat_init[embedding])
+    if old[:2] != new[:2] and old[2:] == new[2:]:
+      from vit_jax import flexi  # pylint: disable=g-import-not-at-top
+      logging.info('Resampling the patch embedding %s -> %s (FlexiViT)', old[:2], new[:2])
+      flat[embedding] = flexi.resample_patchemb(flat[embedding], new[:2])
+
   posemb_key = next((k for k in flat_init if k.endswith('posembed_input/pos_embedding')), None)
   if posemb_key and posemb_key in flat:
     old, new = np.asarray(flat[posemb_key]), np.shape(flat_init[posemb_key])
@@ -458,3 +469,7 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
       flat[posemb_key] = interpolate_posembed(
           old, grid if grid is not None else new[1], num_prefix_tokens=prefix, old_grid=old_grid)
   return inspect_params(params=unflatten(flat), expected=unflatten(flat_init))
+
+
+# big_vision's layout lives in its own module, which adds itself to LAYOUTS when imported.
+from vit_jax import checkpoint_big_vision  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position

@@ -11,6 +11,8 @@ one timm's own `.npz` loader (`_load_weights`) applies, run in both directions:
   `conv`/`norm` for R+Ti/16, whose backbone is the stem alone).
 - DeiT distilled models: `dist` and `head_dist` are timm's `dist_token` and `head_dist`
   (`VisionTransformerDistilled`).
+- Register tokens `reg` are `reg_token`; LayerScale `ls1`/`ls2` `scale` are `ls1.gamma`/`ls2.gamma`;
+  qk-norm's `qk_norm/{query,key}_norm` are `attn.q_norm`/`attn.k_norm`.
 
 Nothing here needs torch: values stay NumPy arrays, and files are written by `convert`.
 """
@@ -32,6 +34,12 @@ class ConversionError(ValueError):
 _LN = (('scale', 'weight'), ('bias', 'bias'))
 _BLOCK = 'Transformer/encoderblock_'
 _MHA = 'MultiHeadDotProductAttention_1'
+# Optional block parameters (LayerScale, qk-norm LayerNorms): our leaf -> timm's, in a block.
+_BLOCK_OPTIONS = (('ls1/scale', 'ls1.gamma'), ('ls2/scale', 'ls2.gamma'),
+                  ('qk_norm/query_norm/scale', 'attn.q_norm.weight'),
+                  ('qk_norm/query_norm/bias', 'attn.q_norm.bias'),
+                  ('qk_norm/key_norm/scale', 'attn.k_norm.weight'),
+                  ('qk_norm/key_norm/bias', 'attn.k_norm.bias'))
 
 
 # Heads of the ViT zoo by width, for files that do not say (timm's fused qkv hides them).
@@ -149,6 +157,8 @@ def to_timm(flat: Mapping[str, np.ndarray]) -> FlatParams:
     out['cls_token'] = _take(ours, 'cls')
   if 'dist' in ours:  # DeiT's distillation token (timm's VisionTransformerDistilled).
     out['dist_token'] = _take(ours, 'dist')
+  if 'reg' in ours:
+    out['reg_token'] = _take(ours, 'reg')
   if 'Transformer/posembed_input/pos_embedding' in ours:
     out['pos_embed'] = _take(ours, 'Transformer/posembed_input/pos_embedding')
   if 'conv_root/kernel' in ours:
@@ -161,6 +171,9 @@ def to_timm(flat: Mapping[str, np.ndarray]) -> FlatParams:
     _mha_to_timm(ours, f'{src}{_MHA}/', out, dst + 'attn.', ('query', 'key', 'value'), 'qkv')
     _ln_to_timm(ours, src + 'LayerNorm_2', out, dst + 'norm2')
     _mlp_to_timm(ours, src + 'MlpBlock_3/', out, dst + 'mlp.')
+    for leaf, theirs in _BLOCK_OPTIONS:
+      if src + leaf in ours:
+        out[dst + theirs] = _take(ours, src + leaf)
   _ln_to_timm(ours, 'Transformer/encoder_norm', out, 'norm')
   if 'MAPHead_0/probe' in ours:
     out['attn_pool.latent'] = _take(ours, 'MAPHead_0/probe')
@@ -258,8 +271,8 @@ def from_timm(state: Mapping[str, np.ndarray], num_heads: int) -> FlatParams:
     num_heads: attention heads (timm's fused qkv does not show them).
 
   Raises:
-    ConversionError: keys our ViT cannot represent (layer scale, register tokens, fc_norm, QK
-      norm, ...), named in the message.
+    ConversionError: keys our ViT cannot represent (fc_norm, norm_pre, ...), named in the
+      message.
   """
   theirs = {k: np.asarray(v) for k, v in state.items()}
   out: FlatParams = {}
@@ -267,6 +280,8 @@ def from_timm(state: Mapping[str, np.ndarray], num_heads: int) -> FlatParams:
     out['cls'] = _take(theirs, 'cls_token')
   if 'dist_token' in theirs:
     out['dist'] = _take(theirs, 'dist_token')
+  if 'reg_token' in theirs:
+    out['reg'] = _take(theirs, 'reg_token')
   if 'pos_embed' in theirs:
     out['Transformer/posembed_input/pos_embedding'] = _take(theirs, 'pos_embed')
   if any(k.startswith('patch_embed.backbone.') for k in theirs):
@@ -280,6 +295,9 @@ def from_timm(state: Mapping[str, np.ndarray], num_heads: int) -> FlatParams:
                    'qkv', num_heads)
     _ln_from_timm(theirs, src + 'norm2', out, dst + 'LayerNorm_2')
     _mlp_from_timm(theirs, src + 'mlp.', out, dst + 'MlpBlock_3/')
+    for leaf, timm_key in _BLOCK_OPTIONS:
+      if src + timm_key in theirs:
+        out[dst + leaf] = _take(theirs, src + timm_key)
   _ln_from_timm(theirs, 'norm', out, 'Transformer/encoder_norm')
   if 'attn_pool.latent' in theirs:
     out['MAPHead_0/probe'] = _take(theirs, 'attn_pool.latent')

@@ -102,6 +102,13 @@ def vit_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
   )
   if 'dist' in flat:
     config['distilled'] = True  # DeiT: a distillation token after [CLS], and `head_dist`.
+  if 'reg' in flat:
+    config['reg_tokens'] = _shape(flat, 'reg')[1]
+  if f'{block}/ls1/scale' in flat:
+    # Any value marks LayerScale on; the trained scales are in the parameters.
+    config['transformer']['init_values'] = 1.
+  if f'{block}/qk_norm/query_norm/scale' in flat:
+    config['transformer']['qk_norm'] = True
   if 'Transformer/posembed_input/pos_embedding' not in flat:
     config['posemb'] = 'sincos2d'
   if 'conv_root/kernel' in flat:
@@ -117,9 +124,9 @@ def vit_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def num_prefix_tokens(config: Mapping[str, Any]) -> int:
-  """Tokens before the patch grid: [CLS] for token classifiers, and DeiT's distillation token."""
+  """Tokens before the patch grid: [CLS] (token classifiers), DeiT's `dist`, register tokens."""
   return (int(config['classifier'] in ('token', 'token_unpooled')) +
-          int(bool(config.get('distilled'))))
+          int(bool(config.get('distilled'))) + int(config.get('reg_tokens') or 0))
 
 
 def feature_stride(config: Mapping[str, Any]) -> int:

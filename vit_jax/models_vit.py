@@ -82,14 +82,48 @@ class MlpBlock(nn.Module):
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
+class LayerScale(nn.Module):
+  """Per-channel scale of a residual branch (CaiT; timm's `ls1`/`ls2` `gamma`)."""
+  init_values: float
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.initializers.constant(self.init_values), (x.shape[-1],),
+                       self.param_dtype)
+    return x * scale.astype(x.dtype)
+
+
+class QKNormAttention(nn.Module):
+  """`attention_fn` that LayerNorms queries and keys per head first (timm's `qk_norm`).
+
+  flax's own `normalize_qk` drops the LayerNorm bias, which timm's `q_norm`/`k_norm` have. Made
+  in the block and handed to flax's attention as its `attention_fn`, the norms' parameters live
+  under the block's `qk_norm/{query_norm,key_norm}`.
+  """
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query: Array, key: Array, value: Array, **kwargs) -> Array:
+    norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=query.dtype,
+                             param_dtype=self.param_dtype)
+    return attention_fn(norm(name='query_norm')(query), norm(name='key_norm')(key), value,
+                        **kwargs)
+
+
 class Encoder1DBlock(nn.Module):
-  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+  `init_values` adds LayerScale to both branches, `qk_norm` per-head query/key LayerNorms.
+  """
   mlp_dim: int
   num_heads: int
   dropout_rate: float = 0.
   attention_dropout_rate: float = 0.
   stochastic_depth: float = 0.
   gelu_approximate: bool = True
+  init_values: Optional[float] = None
+  qk_norm: bool = False
   sow_weights: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -100,19 +134,26 @@ class Encoder1DBlock(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     y = norm(name='LayerNorm_0')(x)
+    attend = (QKNormAttention(param_dtype=self.param_dtype, name='qk_norm') if self.qk_norm
+              else attention_fn)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
-        dropout_rate=self.attention_dropout_rate, attention_fn=attention_fn,
+        dropout_rate=self.attention_dropout_rate,
+        attention_fn=attend,
         name='MultiHeadDotProductAttention_1')(
             y, y, deterministic=deterministic, sow_weights=self.sow_weights)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+    if self.init_values is not None:
+      y = LayerScale(self.init_values, param_dtype=self.param_dtype, name='ls1')(y)
     x = x + DropPath()(y, rate, deterministic)
 
     y = norm(name='LayerNorm_2')(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate, dtype=self.dtype,
                  param_dtype=self.param_dtype, name='MlpBlock_3')(y, deterministic=deterministic)
+    if self.init_values is not None:
+      y = LayerScale(self.init_values, param_dtype=self.param_dtype, name='ls2')(y)
     x = x + DropPath()(y, rate, deterministic)
     # Names the activation axes for sharding rules (vit_jax.sharding.activation_rules); a no-op
     # when no rules are active.
@@ -141,6 +182,8 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.
   stochastic_depth: float = 0.
   gelu_approximate: bool = True
+  init_values: Optional[float] = None
+  qk_norm: bool = False
   posemb: str = 'learn'
   add_position_embedding: bool = True
   scan: bool = False
@@ -164,8 +207,9 @@ class Encoder(nn.Module):
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
-        gelu_approximate=self.gelu_approximate, sow_weights=self.sow_weights,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+        gelu_approximate=self.gelu_approximate, init_values=self.init_values,
+        qk_norm=self.qk_norm, sow_weights=self.sow_weights, dtype=self.dtype,
+        param_dtype=self.param_dtype)
     if self.scan:
       block_cls = _ScannedBlock
       if self.remat:
@@ -255,7 +299,8 @@ class VisionTransformer(nn.Module):
     patches: ConfigDict/dict with `size` (ph, pw), the patch (or, for hybrids, the feature-map
       patch) size.
     transformer: encoder fields (see `Encoder`): num_layers, mlp_dim, num_heads, dropout_rate,
-      attention_dropout_rate and optionally stochastic_depth, gelu_approximate, scan, remat.
+      attention_dropout_rate and optionally stochastic_depth, gelu_approximate, scan, remat,
+      init_values (LayerScale) and qk_norm.
     hidden_size: token width D.
     resnet: None for ViT; for hybrids a dict with `num_layers` (units per stage) and
       `width_factor`.
@@ -268,6 +313,8 @@ class VisionTransformer(nn.Module):
     dtype: compute dtype (e.g. 'bfloat16'); parameters stay in `param_dtype`.
     distilled: DeiT's distillation token `dist` after `cls`, with its own head `head_dist`;
       training returns (cls logits, dist logits), inference their average.
+    reg_tokens: number of register tokens (`reg`, after `cls`/`dist`, as timm's `reg_token`);
+      they take position-embedding rows and are left out of 'gap' and 'map' pooling, as in timm.
     model_name: zoo name, informational.
   """
   num_classes: Optional[int]
@@ -284,6 +331,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Any = 'float32'
   sow_weights: bool = False
   distilled: bool = False
+  reg_tokens: int = 0
   model_name: Optional[str] = None
 
   @nn.compact
@@ -307,16 +355,22 @@ class VisionTransformer(nn.Module):
     n, h, w, c = x.shape
     x = jnp.reshape(x, (n, h * w, c))
 
+    prefix = []
     if self.classifier in ('token', 'token_unpooled'):
-      cls = self.param('cls', nn.initializers.zeros, (1, 1, c), param_dtype)
-      prefix = [cls]
+      prefix.append(self.param('cls', nn.initializers.zeros, (1, 1, c), param_dtype))
       if self.distilled:
         prefix.append(self.param('dist', nn.initializers.normal(stddev=0.02), (1, 1, c),
                                  param_dtype))
-      prefix = jnp.concatenate(prefix, axis=1).astype(x.dtype)
-      x = jnp.concatenate([jnp.tile(prefix, [n, 1, 1]), x], axis=1)
     elif self.distilled:
       raise ValueError(f"distilled=True needs classifier 'token', got {self.classifier!r}")
+    if self.reg_tokens:
+      if self.distilled:
+        raise ValueError('reg_tokens cannot be combined with distilled=True')
+      prefix.append(self.param('reg', nn.initializers.normal(stddev=1e-6),
+                               (1, self.reg_tokens, c), param_dtype))
+    if prefix:
+      prefix = jnp.concatenate(prefix, axis=1).astype(x.dtype)
+      x = jnp.concatenate([jnp.tile(prefix, [n, 1, 1]), x], axis=1)
 
     encoder_fields = dict(self.transformer)
     x = Encoder(posemb=self.posemb, sow_weights=self.sow_weights, dtype=dtype,
@@ -327,12 +381,12 @@ class VisionTransformer(nn.Module):
     if self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
-      x = jnp.mean(x, axis=1)
+      x = jnp.mean(x[:, self.reg_tokens:], axis=1)
     elif self.classifier == 'map':
       x = MAPHead(mlp_dim=encoder_fields['mlp_dim'], num_heads=encoder_fields['num_heads'],
                   gelu_approximate=encoder_fields.get('gelu_approximate', True),
                   sow_weights=self.sow_weights, dtype=dtype, param_dtype=param_dtype,
-                  name='MAPHead_0')(x)
+                  name='MAPHead_0')(x[:, self.reg_tokens:])
     elif self.classifier in ('token_unpooled', 'unpooled'):
       return x
     else:

@@ -53,7 +53,9 @@ def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
       mlp_ratio=transformer['mlp_dim'] / config['hidden_size'],
       num_classes=config.get('num_classes') or 0, class_token=config['classifier'] == 'token',
       global_pool=pools[config['classifier']], fc_norm=False,
-      act_layer='gelu_tanh' if gelu_approximate else 'gelu')
+      act_layer='gelu_tanh' if gelu_approximate else 'gelu',
+      reg_tokens=config.get('reg_tokens') or 0, init_values=transformer.get('init_values'),
+      qk_norm=bool(transformer.get('qk_norm')))
   resnet = config.get('resnet')
   if config.get('distilled'):
     if resnet:

@@ -35,6 +35,8 @@ class TrainState:
   opt_state: Any
   model_state: Any  # Mutable collections other than params, e.g. BatchNorm's batch_stats.
   rng: jax.Array  # Base key (raw uint32[2], storable by Orbax); step keys fold in the step.
+  # Exponential moving average of `params` (config.ema_decay > 0), or None.
+  ema_params: Any = None
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -94,6 +96,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return loss, (accuracy, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  ema_decay = float(config.get('ema_decay') or 0.)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
     def micro_step(carry, xs):
@@ -131,8 +134,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       metrics = jax.tree.map(jnp.mean, metrics)
     params, opt_state, model_state = carry
     metrics['learning_rate'] = schedule(state.step)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = optax.incremental_update(params, ema_params, 1. - ema_decay)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
+                              model_state=model_state, ema_params=ema_params)
     return new_state, metrics
 
   return train_step
@@ -191,8 +197,10 @@ def _state_factory(config, model, tx, mesh, image_shape, params, model_state=Non
     p = fresh if given_params is None else given_params
     if given_state:
       variables.update(given_state)
+    # The average starts at the initial (or pre-trained) parameters, as in timm's ModelEmaV3.
+    ema = jax.tree.map(jnp.copy, p) if config.get('ema_decay') else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                      model_state=variables, rng=state_rng)
+                      model_state=variables, rng=state_rng, ema_params=ema)
 
   abstract = jax.eval_shape(make, init_rng, params, model_state)
   shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))

@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from vit_jax import checkpoint
 from vit_jax import distill
 from vit_jax import export
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import optim
@@ -270,6 +271,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       logging.info('step %d eval: top-1 %.4f  top-5 %.4f  loss %.4f  (%d examples)', step,
                    eval_metrics['eval_accuracy'], eval_metrics['eval_top5_accuracy'],
                    eval_metrics['eval_loss'], eval_metrics['eval_examples'])
+      if state.ema_params is not None:
+        ema_metrics = evaluate(eval_step, state.replace(params=state.ema_params), config,
+                               eval_source, batch_sharding)
+        ema_metrics = {f'ema_{k}': v for k, v in ema_metrics.items()
+                       if k not in ('eval_examples', 'eval_batches')}
+        writer.write_scalars(step, ema_metrics)
+        logging.info('step %d EMA eval: top-1 %.4f', step, ema_metrics['ema_eval_accuracy'])
+        eval_metrics.update(ema_metrics)
+
+    if config.get('fewshot_every') and (step % config.fewshot_every == 0 or is_last):
+      variables = jax.device_get(sharding.gather({'params': state.params, **state.model_state}))
+      fewshot_metrics = fewshot.evaluate(model, variables, config)
+      writer.write_scalars(step, fewshot_metrics)
+      logging.info('step %d few-shot: %s', step,
+                   '  '.join(f'{k} {v:.4f}' for k, v in fewshot_metrics.items()))
+      eval_metrics.update(fewshot_metrics)
 
     if step % config.checkpoint_every == 0 or is_last:
       _check_finite(*pending)
@@ -278,12 +295,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
 
   if config.get('export_npz', True):
-    params, model_state = jax.device_get(sharding.gather((state.params, state.model_state)))
+    params, model_state, ema_params = jax.device_get(
+        sharding.gather((state.params, state.model_state, state.ema_params)))
     if jax.process_index() == 0:
       path = os.path.join(workdir, 'model.npz')
-      export.write_model(path, params, model_state, _model_card(config, num_classes,
-                                                                train_source))
+      card = _model_card(config, num_classes, train_source)
+      export.write_model(path, params, model_state, card)
       logging.info('Exported %s with its model card %s', path, export.card_path_for(path))
+      if ema_params is not None:
+        ema_path = os.path.join(workdir, 'model_ema.npz')
+        export.write_model(ema_path, ema_params, model_state, card)
+        logging.info('Exported the weight EMA to %s', ema_path)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 

@@ -15,6 +15,8 @@ _WIDTHS = {
     'B': (768, 3072, 12, 12),
     'L': (1024, 4096, 16, 24),
     'H': (1280, 5120, 16, 32),
+    # SigLIP's shape-optimised ViT (Alabdulmohsin et al. 2023), with a MAP head.
+    'So400m': (1152, 4304, 16, 27),
 }
 # Zoo names of the original library: (variant, patch).
 _VIT_NAMES = (('Ti', 16), ('S', 16), ('S', 32), ('B', 16), ('B', 32), ('B', 8), ('L', 16),
@@ -53,6 +55,8 @@ def _zoo() -> dict[str, ml_collections.ConfigDict]:
   seeds.hidden_size = 128
   seeds.transformer.update(mlp_dim=512, num_heads=4, num_layers=4)
   configs[seeds.model_name] = seeds
+  # The SigLIP / SigLIP 2 image tower (big_vision `So400m/14`): no [CLS], MAP pooling.
+  configs['ViT-So400m_14'] = vit_config('So400m', 14, classifier='map', name='ViT-So400m_14')
   return configs
 
 
