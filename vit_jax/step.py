@@ -110,9 +110,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
               teacher.apply(teacher_variables, images, train=False))
       (loss, (accuracy, model_state)), grads = grad_fn(
           params, model_state, images, targets, labels, teacher_logits, dropout_rng)
+      if accum > 1:
+        # The running mean that optax.MultiSteps keeps; after the last micro-batch it is the
+        # averaged gradient that clipping sees, so its norm is the one to log.
+        i = opt_state.mini_step
+        mean_grads = jax.tree.map(lambda g, a: (g + i * a) / (i + 1), grads, opt_state.acc_grads)
+      else:
+        mean_grads = grads
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(mean_grads)}
       return (params, opt_state, model_state), metrics
 
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -128,7 +135,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return jnp.swapaxes(x, 0, 1)
       rngs = jax.random.split(step_rng, accum)
       carry, metrics = jax.lax.scan(micro_step, carry, (split(images), split(labels), rngs))
+      grad_norm = metrics.pop('grad_norm')[-1]
       metrics = jax.tree.map(jnp.mean, metrics)
+      metrics['grad_norm'] = grad_norm
     params, opt_state, model_state = carry
     metrics['learning_rate'] = schedule(state.step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
