@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize|value_range(-1, 1)'
   config.shuffle_buffer = 50_000
-  config.cache_train = False  # Keep decoded training images in memory (small datasets).
+  config.cache_train = False  # Keep the encoded training images in memory (small datasets).
   # Repeated augmentation (DeiT): each image k times per epoch, differently augmented.
   config.repeated_augmentation = 1
   # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
