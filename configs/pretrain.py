@@ -2,14 +2,25 @@ r"""Pre-training as in the ViT paper: Adam, weight decay on kernels, long warmup
 
 Adam β 0.9/0.999, batch 4096, lr 1e-3 with 10k warmup steps then linear decay to 1e-5, weight
 decay 0.03 (AdamW form: scaled by the learning rate, on kernels only), clip 1, dropout 0.1,
-representation layer of the hidden size (Dense + tanh), head bias -10, 90 epochs at 224.
+representation layer of the hidden size of the model's transformer (Dense + tanh; hybrids too),
+head bias -10, 90 epochs at 224. On imagenet21k (multi-label) the loss is big_vision's
+`sigmoid_xent` with a zero head kernel, as its `vit_i21k` config: with bias -10 every class starts
+near p = 0 and the initial loss is about 10 + K e^-10 (a softmax would cancel the bias).
 
   python -m vit_jax.main --config=configs/pretrain.py:ViT-B_16,imagenet21k --workdir=/tmp/pt
 
 Argument: MODEL,DATASET (a TFDS name; imagenet21k must be prepared by hand in TFDS_DATA_DIR).
-Argument `bv` as a third part switches to big_vision's modern ImageNet-1k baseline: ViT-S/16-style
-gap pooling, sincos2d position embedding, decoupled weight decay 1e-4, batch 1024.
+Argument `bv` as a third part switches to big_vision's ViT-S/16 ImageNet-1k baseline
+(`configs/vit_s16_i1k.py`, 76.5% for S/16), field by field: `train[:99%]` with minival
+`train[99%:]`, batch 1024, 90 epochs, Adam lr 1e-3 (10k warmup, cosine), decoupled weight decay
+1e-4, clip 1, softmax_xent, gap pooling, sincos2d position embedding, representation layer of the
+hidden size, zero head, no dropout; Inception crop, flip, RandAugment(2, 10), mixup p = 0.2.
+Two approximations: RandAugment(2, 10) runs timm's op set (`rand-m10-n2`, not the TF ops of
+big_vision), and mixup pairs each image with the mirrored one (big_vision rolls the batch by
+one); both draw from the same distributions of magnitudes and Beta(0.2, 0.2) ratios.
 """
+
+import ml_collections
 
 from vit_jax import base_config
 
@@ -39,20 +50,39 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
   config.lr.decay_type = 'linear'
   config.lr.end = 1e-5
   config.grad_clip_norm = 1.0
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
+  if model_name not in models.MODEL_CONFIGS:
+    raise ValueError(f'Unknown model {model_name!r}; known: {sorted(models.MODEL_CONFIGS)}')
+  hidden_size = models.MODEL_CONFIGS[model_name].hidden_size  # Of the transformer, hybrids too.
   config.model = {'transformer': {'dropout_rate': 0.1}, 'head_bias_init': -10.,
-                  'head_zero_init': False, 'representation_size': 768}
-  if model_name.startswith('ViT-'):
-    from vit_jax import models  # pylint: disable=g-import-not-at-top
-    config.model.representation_size = models.MODEL_CONFIGS[model_name].hidden_size
+                  'head_zero_init': False, 'representation_size': hidden_size}
+  if dataset == 'imagenet21k':  # big_vision's vit_i21k: sigmoid loss, zero head, bias -10.
+    config.loss = 'sigmoid_xent'
+    config.model.head_zero_init = True
   config.log_every = 100
   config.eval_every = 5000
   config.checkpoint_every = 5000
 
-  if len(parts) == 3:  # big_vision's plain ViT baseline on ImageNet-1k (76.5% for S/16).
-    config.model = {'classifier': 'gap', 'posemb': 'sincos2d', 'head_zero_init': True}
+  if len(parts) == 3:  # big_vision's configs/vit_s16_i1k.py (76.5% for S/16).
+    config.dataset = 'imagenet2012'
+    config.train_split = 'train[:99%]'
+    config.eval_split = 'train[99%:]'  # big_vision's minival.
+    config.loss = 'softmax_xent'
+    config.model = {'classifier': 'gap', 'posemb': 'sincos2d', 'head_zero_init': True,
+                    'head_bias_init': 0., 'representation_size': hidden_size,
+                    'transformer': {'dropout_rate': 0.0}}
+    config.pp_train = 'inception_crop|flip_lr|randaug("rand-m10-n2")|value_range(-1, 1)'
+    config.pp_eval = 'resize_small(256)|central_crop|value_range(-1, 1)'
+    config.shuffle_buffer = 250_000
+    config.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.2, 'cutmix_alpha': 0., 'prob': 1.0})
     config.batch_size = 1024
+    config.num_epochs = 90.
+    config.optimizer.name = 'adam'
+    config.optimizer.accumulator_dtype = 'bfloat16'  # big_vision's mu_dtype.
     config.optimizer.weight_decay = 1e-4
     config.optimizer.decoupled_weight_decay = True
+    config.lr.base = 1e-3
     config.lr.warmup_steps = 10_000
     config.lr.decay_type = 'cosine'
+    config.grad_clip_norm = 1.0
   return config

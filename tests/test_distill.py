@@ -42,12 +42,22 @@ def test_hard_distillation_loss_by_hand():
 def test_soft_distillation_loss_by_hand():
   t = 2.0
   p_teacher = np.exp(log_softmax(TEACHER / t))
-  kl = (p_teacher * (np.log(p_teacher) - log_softmax(DIST / t))).sum(-1)
   ce_cls = -(TARGETS * log_softmax(CLS)).sum(-1)
-  expected = np.mean(0.7 * ce_cls + 0.3 * t**2 * kl)
+  # DeiT: kl_div(reduction='sum') * T^2 / outputs_kd.numel(), numel = batch x classes.
+  soft = (p_teacher * (np.log(p_teacher) - log_softmax(DIST / t))).sum() * t**2 / DIST.size
+  expected = 0.7 * np.mean(ce_cls) + 0.3 * soft
   got = distill.distillation_loss(CLS, DIST, TARGETS, TEACHER, kind='soft', alpha=0.3,
                                   temperature=t)
   np.testing.assert_allclose(got, expected, rtol=1e-6)
+  try:  # DeiT's own expression (its DistillationLoss), where torch is installed.
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  deit = F.kl_div(F.log_softmax(torch.tensor(DIST) / t, dim=1),
+                  F.log_softmax(torch.tensor(TEACHER) / t, dim=1),
+                  reduction='sum', log_target=True) * (t * t) / DIST.size
+  np.testing.assert_allclose(got, 0.7 * np.mean(ce_cls) + 0.3 * float(deit), rtol=1e-6)
 
 
 def student(num_classes=10, **kw):

@@ -215,17 +215,27 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (32, 32, 32, 3)),
            'label': jnp.arange(32) % 10}
-  results = []
+  results, norms = [], []
   for accum in (1, 4):
     config.accum_steps = accum
     tx, schedule = optim.make_optimizer(config, shapes['params'])
     state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
     step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
-    for _ in range(2):
-      state, metrics = step(state, batch)
+    first_params = state.params
+    state, metrics = step(state, batch)
+    norms.append(float(metrics['grad_norm']))
+    state, metrics = step(state, batch)
     results.append(state.params)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(a, b, atol=2e-5)
+  # The logged norm under accumulation is that of the averaged gradient (what
+  # clip_by_global_norm sees), computed here directly on the whole batch.
+  def loss(params):
+    logits = model.apply({'params': params}, batch['image'], train=False)
+    return jnp.mean(step_lib.cross_entropy(logits, jax.nn.one_hot(batch['label'], 10)))
+  grads = jax.grad(loss)(first_params)
+  reference = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))))
+  np.testing.assert_allclose(norms, [reference, reference], rtol=1e-4)
 
 
 def test_lr_schedule_follows_the_original_formula():

@@ -33,12 +33,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize|value_range(-1, 1)'
   config.shuffle_buffer = 50_000
-  config.cache_train = False  # Keep decoded training images in memory (small datasets).
+  config.cache_train = False  # Keep the encoded training images in memory (small datasets).
   # Repeated augmentation (DeiT): each image k times per epoch, differently augmented.
   config.repeated_augmentation = 1
   # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
   config.mixup = placeholder(ml_collections.ConfigDict)
   config.label_smoothing = 0.0
+  # big_vision's losses: 'softmax_xent' or 'sigmoid_xent' (independent per-class sigmoids, the
+  # ImageNet-21k pre-training loss, where a -10 head bias starts every class near p = 0).
+  config.loss = 'softmax_xent'
   # DeiT distillation (vit_jax/distill.py): a ConfigDict with teacher_model (zoo name),
   # teacher_path (.npz), teacher_overrides, kind ('hard' or 'soft'), alpha, temperature; the
   # student sets config.model.distilled = True.
@@ -53,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       name='sgd',  # 'sgd', 'adam' or 'adamw'
       momentum=0.9,
-      accumulator_dtype='',  # e.g. 'bfloat16' for the SGD momentum buffer
+      accumulator_dtype='',  # e.g. 'bfloat16' for the SGD momentum / Adam first moment
       b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0,
       decay_pattern=r'kernel$',  # regex on parameter paths that get weight decay

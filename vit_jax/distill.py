@@ -26,8 +26,9 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
                       temperature: float = 1.0) -> jax.Array:
   """Mean of (1 - alpha) * CE(cls, targets) + alpha * the distillation term.
 
-  'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft':
-  T^2 * KL(softmax(teacher / T) || softmax(dist / T)).
+  'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft': DeiT's
+  `kl_div(..., reduction='sum') * T^2 / numel`, i.e. T^2 * KL(softmax(teacher / T) ||
+  softmax(dist / T)) summed over the batch and divided by batch x classes (B * K), not by B.
   """
   teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
   base = optax.softmax_cross_entropy(cls_logits.astype(jnp.float32), targets)
@@ -36,7 +37,8 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
     distill = optax.softmax_cross_entropy(dist_logits.astype(jnp.float32), teacher_labels)
   elif kind == 'soft':
     t = temperature
-    distill = t**2 * optax.kl_divergence(
+    # Per example KL / K, so that the batch mean below is DeiT's sum / (B * K).
+    distill = t**2 / dist_logits.shape[-1] * optax.kl_divergence(
         jax.nn.log_softmax(dist_logits.astype(jnp.float32) / t), jax.nn.softmax(teacher_logits / t))
   else:
     raise ValueError(f"Unknown config.distillation.kind {kind!r}; expected 'hard' or 'soft'")

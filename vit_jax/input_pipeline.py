@@ -1,10 +1,13 @@
 """tf.data input: TFDS datasets or image folders, resumable training streams, exact evaluation.
 
 The training stream is a pure function of (config, step): epochs are shuffled with per-epoch seeds
-and every random op is stateless, seeded by the example's position in the stream. Restarting at
-step s therefore yields exactly the batches an uninterrupted run would have seen from step s.
-Each process reads only its own slice of every split. Evaluation visits every example exactly
-once: the last batch is padded and the padding masked out.
+and every random op is stateless, seeded by the example's global position in the stream (so
+processes draw different augmentations). Restarting at step s therefore yields exactly the
+batches an uninterrupted run would have seen from step s. Records stay encoded (JPEG/PNG bytes
+or file paths) through caching, shuffling and a resume's skip, and are decoded after, as the
+original's `tfds.decode.SkipDecoding()`: the shuffle buffer holds encoded images, and resuming
+decodes nothing it skips. Each process reads only its own slice of every split. Evaluation
+visits every example exactly once: the last batch is padded and the padding masked out.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import dataclasses
 import itertools
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -30,11 +33,20 @@ _SLICE_RE = re.compile(r'^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One split of one dataset, already restricted to this process's slice."""
-  dataset: tf.data.Dataset  # of {'image': uint8 (H, W, C), 'label': int64}
+  encoded: tf.data.Dataset  # of {'image': encoded bytes or a file path, 'label': int64}
+  decode: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]  # -> image uint8 (H, W, C)
   num_examples: int  # in this process's slice
   max_process_examples: int  # the largest slice over processes (fixes the eval step count)
   num_classes: int
+  # Records small enough (file paths) for one shuffle buffer to hold the whole split, so every
+  # epoch is a full permutation whatever config.shuffle_buffer says.
+  shuffle_whole_split: bool = False
   class_names: tuple[str, ...] | None = None  # by label; None where the dataset names none
+
+  @property
+  def dataset(self) -> tf.data.Dataset:
+    """The decoded examples {'image': uint8 (H, W, C), 'label': int64}, in order."""
+    return self.encoded.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _data_dir(config: Any) -> str | None:
@@ -73,12 +85,18 @@ def _tfds_source(config: Any, split: str) -> Source:
     sizes = [builder.info.splits[s].num_examples for s in process_splits]
   except (ValueError, KeyError, AssertionError) as e:
     raise ValueError(f'Bad split {split!r} for dataset {config.dataset!r}: {e}') from e
-  ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False)
+  ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  image_feature = builder.info.features['image']
+
+  def decode(ex):
+    return {'image': image_feature.decode_example(ex['image']), 'label': ex['label']}
+
   label = builder.info.features['label']
-  return Source(ds, sizes[jax.process_index()], max(sizes), label.num_classes,
-                tuple(label.names) if getattr(label, 'names', None) else None)
+  return Source(ds, decode, sizes[jax.process_index()], max(sizes), label.num_classes,
+                class_names=tuple(label.names) if getattr(label, 'names', None) else None)
 
 
 def _slice(n: int, bound: str, default: int) -> int:
@@ -90,7 +108,12 @@ def _slice(n: int, bound: str, default: int) -> int:
 
 
 def _imagefolder_source(config: Any, split: str) -> Source:
-  """`data_dir/<split>/<class>/*.jpg|png`; classes are the sorted folder names of `train`."""
+  """`data_dir/<split>/<class>/*.jpg|png`; classes are the sorted folder names of `train`.
+
+  Like the original's `tf.data.Dataset.list_files`, the files are listed in a (fixed-seed)
+  random order before slicing, so every slice holds every class in proportion, and processes
+  take interleaved shards of it.
+  """
   root = config.get('data_dir')
   if not root or not os.path.isdir(root):
     raise ValueError(f"dataset 'imagefolder' needs config.data_dir to be a folder, got {root!r}")
@@ -115,17 +138,23 @@ def _imagefolder_source(config: Any, split: str) -> Source:
   if not files:
     raise ValueError(f'No images found under {os.path.join(root, name)}/<class>/')
   n = len(files)
+  # A fixed seed: `train[:98%]` and `train[98%:]` must come from the same order.
+  order = np.random.default_rng(0).permutation(n)
   start, stop = _slice(n, lo or '', 0), _slice(n, hi or '', n)
-  files, labels = files[start:stop], labels[start:stop]
-  shards = np.array_split(np.arange(len(files)), jax.process_count())
-  mine = shards[jax.process_index()]
+  order = order[start:stop]
+  count = jax.process_count()
+  mine = order[jax.process_index()::count]
+  largest = -(-len(order) // count)
   ds = tf.data.Dataset.from_tensor_slices(
-      (np.array(files)[mine].astype(str), np.array(labels, np.int64)[mine]))
-  ds = ds.map(lambda f, y: {'image': tf.io.decode_image(tf.io.read_file(f), channels=3,
-                                                        expand_animations=False),
-                            'label': y},
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return Source(ds, len(mine), max(len(s) for s in shards), len(classes), tuple(classes))
+      {'image': np.array(files)[mine].astype(str), 'label': np.array(labels, np.int64)[mine]})
+
+  def decode(ex):
+    return {'image': tf.io.decode_image(tf.io.read_file(ex['image']), channels=3,
+                                        expand_animations=False),
+            'label': ex['label']}
+
+  return Source(ds, decode, len(mine), largest, len(classes), shuffle_whole_split=True,
+                class_names=tuple(classes))
 
 
 def get_source(config: Any, split: str) -> Source:
@@ -160,6 +189,15 @@ def _at_model_size(image: tf.Tensor, image_size: int | tuple[int, int]) -> tf.Te
   return tf.ensure_shape(image, size + (image.shape[-1] if image.shape[-1] is not None else 3,))
 
 
+def _global_position(position: tf.Tensor, local_batch: int) -> tf.Tensor:
+  """The index in the global stream of this process's `position`-th example.
+
+  Global batch b is the concatenation of every process's local batch b, in process order.
+  """
+  step, row = position // local_batch, position % local_batch
+  return (step * jax.process_count() + jax.process_index()) * local_batch + row
+
+
 def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
                   ) -> tf.data.Dataset:
   """Infinite stream of local training batches starting at optimizer step `start_step`."""
@@ -167,19 +205,29 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
     raise ValueError(f'The training split has {source.num_examples} examples on this process, '
                      f'fewer than one local batch ({local_batch})')
   ops = preprocess.parse(config.pp_train, config.image_size)
-  base = source.dataset.cache() if config.get('cache_train', False) else source.dataset
+  base = source.encoded.cache() if config.get('cache_train', False) else source.encoded
   seed = int(config.seed)
+  n = source.num_examples
+  buffer = n if source.shuffle_whole_split else config.get('shuffle_buffer', 50_000)
 
   repeats = int(config.get('repeated_augmentation', 1))
 
   def epoch(index):
-    ds = base.shuffle(config.get('shuffle_buffer', 50_000), seed=seed * 1_000_003 + index,
-                      reshuffle_each_iteration=False)
+    epoch_seed = seed * 1_000_003 + index
+    ds = base
     if repeats > 1:
-      # DeiT's repeated augmentation: each image `repeats` times in a row (each copy gets its own
-      # stream position, hence its own augmentation); an epoch keeps num_examples samples.
-      ds = ds.take(-(-source.num_examples // repeats)).flat_map(
-          lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeats)).take(source.num_examples)
+      # DeiT's RASampler: the epoch's ceil(n / r) images are the first of a fresh permutation of
+      # all n (index_shuffle: example i is kept where its place in the permutation is early).
+      keep = -(-n // repeats)
+      perm_seed = tf.stack([tf.cast(epoch_seed, tf.int64), tf.constant(7, tf.int64)])
+      ds = ds.enumerate().filter(
+          lambda i, ex: tf.random.experimental.index_shuffle(i, perm_seed, n - 1) < keep)
+      ds = ds.map(lambda i, ex: ex)
+    ds = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    if repeats > 1:
+      # Each image `repeats` times in a row (each copy gets its own stream position, hence its
+      # own augmentation); an epoch keeps num_examples samples.
+      ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(repeats)).take(n)
     return ds
 
   start_example = start_step * local_batch
@@ -188,7 +236,9 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
   ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_example, 2**62), ds)
 
   def process(position, example):
-    image = preprocess.apply(ops, example['image'], _example_seed(seed, position))
+    example = source.decode(example)
+    image = preprocess.apply(ops, example['image'],
+                             _example_seed(seed, _global_position(position, local_batch)))
     return {'image': _at_model_size(image, config.image_size), 'label': tf.cast(example['label'], tf.int32)}
 
   ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

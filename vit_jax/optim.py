@@ -86,8 +86,10 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
                              nesterov=bool(opt.get('nesterov', False)),
                              accumulator_dtype=jnp.dtype(dtype) if dtype else None))
   elif name in ('adam', 'adamw'):
+    dtype = opt.get('accumulator_dtype')  # Of the first moment (big_vision's mu_dtype).
     parts.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
-                                     eps=float(opt.get('eps', 1e-8))))
+                                     eps=float(opt.get('eps', 1e-8)),
+                                     mu_dtype=jnp.dtype(dtype) if dtype else None))
   else:
     raise ValueError(f"Unknown config.optimizer.name {name!r}; expected 'sgd', 'adam' or 'adamw'")
 

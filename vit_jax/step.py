@@ -49,6 +49,23 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example sum over classes of independent binary cross-entropies (big_vision's
+  `sigmoid_xent`: -sum(y log σ(z) + (1 - y) log σ(-z)))."""
+  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets), -1)
+
+
+LOSSES = {'softmax_xent': cross_entropy, 'sigmoid_xent': sigmoid_cross_entropy}
+
+
+def loss_for(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The per-example loss named by `config.loss`."""
+  name = config.get('loss', 'softmax_xent')
+  if name not in LOSSES:
+    raise ValueError(f'Unknown config.loss {name!r}; expected one of {sorted(LOSSES)}')
+  return LOSSES[name]
+
+
 def _activation_rules(mesh: jax.sharding.Mesh | None):
   return sharding.activation_rules(mesh) if mesh is not None else ()
 
@@ -69,6 +86,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   smoothing = float(config.get('label_smoothing', 0.))
   mixup_config = config.get('mixup')
   distillation = config.get('distillation')
+  per_example_loss = loss_for(config)
   if teacher is not None and not distillation:
     raise ValueError('A teacher was given but config.distillation is not set')
 
@@ -91,7 +109,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
           alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.))
       logits = (cls_logits + dist_logits) / 2
     else:
-      loss = jnp.mean(cross_entropy(logits, targets))
+      loss = jnp.mean(per_example_loss(logits, targets))
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
     return loss, (accuracy, new_model_state)
 
@@ -113,9 +131,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
               teacher.apply(teacher_variables, images, train=False))
       (loss, (accuracy, model_state)), grads = grad_fn(
           params, model_state, images, targets, labels, teacher_logits, dropout_rng)
+      if accum > 1:
+        # The running mean that optax.MultiSteps keeps; after the last micro-batch it is the
+        # averaged gradient that clipping sees, so its norm is the one to log.
+        i = opt_state.mini_step
+        mean_grads = jax.tree.map(lambda g, a: (g + i * a) / (i + 1), grads, opt_state.acc_grads)
+      else:
+        mean_grads = grads
       updates, opt_state = tx.update(grads, opt_state, params)
       params = optax.apply_updates(params, updates)
-      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads)}
+      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(mean_grads)}
       return (params, opt_state, model_state), metrics
 
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -131,7 +156,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return jnp.swapaxes(x, 0, 1)
       rngs = jax.random.split(step_rng, accum)
       carry, metrics = jax.lax.scan(micro_step, carry, (split(images), split(labels), rngs))
+      grad_norm = metrics.pop('grad_norm')[-1]
       metrics = jax.tree.map(jnp.mean, metrics)
+      metrics['grad_norm'] = grad_norm
     params, opt_state, model_state = carry
     metrics['learning_rate'] = schedule(state.step)
     ema_params = state.ema_params
@@ -145,9 +172,14 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 
 def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
+                   config: ml_collections.ConfigDict | None = None,
                    ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
-  """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples."""
+  """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples.
+
+  The loss is `config.loss` (softmax cross-entropy without a config).
+  """
   rules = _activation_rules(mesh)
+  per_example_loss = loss_for(config) if config is not None else cross_entropy
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     with nn.logical_axis_rules(rules):
@@ -155,7 +187,7 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
                            train=False)
     labels, mask = batch['label'], batch['mask']
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    loss = cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    loss = per_example_loss(logits, jax.nn.one_hot(labels, logits.shape[-1]))
     return {
         'correct_top1': jnp.sum((top5[:, 0] == labels) * mask),
         'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),

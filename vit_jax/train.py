@@ -206,7 +206,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def train_step(state, batch):
     return jitted_step(state, batch, teacher_variables)
-  eval_step = jax.jit(make_eval_step(model, mesh), in_shardings=(state_shardings, batch_sharding),
+  eval_step = jax.jit(make_eval_step(model, mesh, config),
+                      in_shardings=(state_shardings, batch_sharding),
                       out_shardings=sharding.replicated(mesh))
 
   manager = ocp.CheckpointManager(
