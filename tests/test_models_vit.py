@@ -14,6 +14,12 @@ ORIGINAL_COUNTS = {
     'ViT-B_16': 86_567_656, 'ViT-B_32': 88_224_232, 'ViT-B_8': 86_576_872,
     'ViT-L_16': 304_326_632, 'ViT-L_32': 306_535_400, 'ViT-H_14': 632_045_800,
     'ViT-S_16-gap': 22_049_896, 'ViT-B_16-gap': 86_566_120,
+    # The original's own names of the gap models.
+    'ViT-S_16-gap-norep': 22_049_896, 'ViT-B_16-gap-norep': 86_566_120,
+    'ViT-S_32-gap-norep': 22_878_184, 'ViT-B_32-gap-norep': 88_222_696,
+    # The hybrids, under the original's names.
+    'R50+ViT-B_16': 98_659_112, 'R26+ViT-B_32': 101_383_976, 'R26+ViT-S_32': 36_431_912,
+    'R50+ViT-L_32': 328_994_856, 'R+ViT-Ti_16': 6_337_704,
 }
 
 

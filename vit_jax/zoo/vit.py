@@ -50,6 +50,9 @@ def _zoo() -> dict[str, ml_collections.ConfigDict]:
     name = f'ViT-{variant}_{patch}'
     configs[name] = vit_config(variant, patch)
     configs[f'{name}-gap'] = vit_config(variant, patch, classifier='gap', name=f'{name}-gap')
+    # The original library's name for the same model ("no representation layer").
+    configs[f'{name}-gap-norep'] = vit_config(variant, patch, classifier='gap',
+                                              name=f'{name}-gap-norep')
   # The seeds' CIFAR-10 model: 4 layers, width 128, 4 heads, patch 4, MLP 512.
   seeds = vit_config('Ti', 4, name='ViT-CIFAR_4')
   seeds.hidden_size = 128
