@@ -38,7 +38,9 @@ def randomize(params, seed: int = 0, scale: float = 0.02):
 
 
 def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3, size=32):
-  """Writes ROOT/<split>/<class>/*.png: class k is a noisy image with a bright k-th third.
+  """Writes ROOT/<split>/<class>/*.png: class k is a noisy image whose k-th third of rows is bright.
+
+  Rows, not columns, so the default `flip_lr` augmentation keeps the classes apart.
 
   A tiny dataset that a small model can learn, for machines without the offline CIFAR-10.
   """
@@ -52,7 +54,7 @@ def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3,
       for i in range(per_class):
         image = rng.integers(0, 100, (size, size, 3))
         band = size // num_classes
-        image[:, label * band:(label + 1) * band] += 150
+        image[label * band:(label + 1) * band] += 150
         Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(
             os.path.join(folder, f'{i}.png'))
   return root

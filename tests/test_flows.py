@@ -194,8 +194,9 @@ _FAMILY_RUNS = {
 def test_swin_and_batchnorm_exports_fine_tune_and_classify(tmp_path, family):
   root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 64), ('test', 16)))
   config = tiny_config.get_config('imagefolder')
-  config.update(data_dir=root, train_split='train', eval_split='test', total_steps=30,
-                eval_every=30, checkpoint_every=30)
+  config.update(data_dir=root, train_split='train', eval_split='test', total_steps=60,
+                eval_every=60, checkpoint_every=60, pp_train='normalize("cifar10")')
+  config.lr.base = 3e-3
   config.model_name = _FAMILY_RUNS[family]['model_name']
   config.model = _FAMILY_RUNS[family]['model']
   first = train.train_and_evaluate(config, str(tmp_path / 'first'))

@@ -41,6 +41,14 @@ def card_path_for(params_path: str | os.PathLike) -> str:
   return os.path.splitext(os.fspath(params_path))[0] + '.json'
 
 
+def _plain(overrides: Any) -> dict[str, Any]:
+  """A (possibly nested ConfigDict) mapping as plain dicts and lists."""
+  if hasattr(overrides, 'to_dict'):
+    overrides = overrides.to_dict()
+  return {k: _plain(v) if isinstance(v, Mapping) or hasattr(v, 'to_dict') else v
+          for k, v in dict(overrides).items()}
+
+
 def make_card(*, model_name: str, model_overrides: Mapping[str, Any], num_classes: int,
               class_names: Sequence[str] | None, image_size: int | Sequence[int], pp_eval: str,
               normalization: image_io.Normalization) -> dict[str, Any]:
@@ -51,7 +59,7 @@ def make_card(*, model_name: str, model_overrides: Mapping[str, Any], num_classe
   if not isinstance(normalization, str):
     normalization = {'mean': list(normalization[0]), 'std': list(normalization[1])}
   return {'format': CARD_FORMAT, 'version': CARD_VERSION, 'model_name': model_name,
-          'model_overrides': json.loads(json.dumps(dict(model_overrides))),
+          'model_overrides': json.loads(json.dumps(_plain(model_overrides))),
           'num_classes': int(num_classes),
           'class_names': list(class_names) if class_names is not None else None,
           'image_size': [int(s) for s in size], 'pp_eval': pp_eval,

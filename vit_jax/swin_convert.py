@@ -96,8 +96,15 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
 
 
 def load(path: str | os.PathLike) -> Params:
-  """Reads a Swin checkpoint in either layout and returns our (nested numpy) parameters."""
-  return from_state_dict(read_state_dict(path))
+  """Reads a Swin checkpoint and returns our (nested numpy) parameters.
+
+  Reads the official and timm state dicts, and our own `.npz` (flattened '/'-joined parameter
+  names, as a training run exports them with `checkpoint.save`).
+  """
+  state_dict = read_state_dict(path)
+  if state_dict and all('/' in key and '.' not in key for key in state_dict):
+    return checkpoint.unflatten(state_dict)
+  return from_state_dict(state_dict)
 
 
 def save(params: Mapping[str, Any], path: str | os.PathLike) -> None:
