@@ -143,6 +143,16 @@ def test_an_undecodable_tfds_style_record_is_named_by_position(caplog):
   assert _warnings_naming(caplog.records, 'example at stream position 7')
 
 
+def test_a_batch_of_nothing_but_failures_is_an_error_not_a_skip():
+  records = tf.data.Dataset.range(8).map(lambda i: {'image': tf.constant(b'junk'), 'label': i})
+  source = input_pipeline.Source(
+      records, lambda ex: {'image': tf.io.decode_png(ex['image'], 3), 'label': ex['label']},
+      8, 8, 8)
+  config = _config('', pp_train='flip_lr', shuffle_buffer=1)
+  with pytest.raises(tf.errors.OpError, match='None of the 4 images of a batch'):
+    next(input_pipeline.train_dataset(config, source, 4).as_numpy_iterator())
+
+
 @pytest.mark.skipif(cifar_dir() is None, reason='needs the offline CIFAR-10')
 def test_tfds_records_are_named_by_their_tfds_id():
   config = tiny_config.get_config()

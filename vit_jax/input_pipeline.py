@@ -304,17 +304,23 @@ _reported_lock = threading.Lock()
 _reported_names: set[str] = set()
 
 
-def _report_undecodable(names: tf.Tensor, fatal: tf.Tensor) -> tf.Tensor:
+def _report_undecodable(names: tf.Tensor, batch_size: tf.Tensor, fatal: tf.Tensor
+                        ) -> tf.Tensor:
   """Logs each name once per process (not once per epoch), or raises naming them if `fatal`."""
   names = [n.decode('utf-8', 'replace') for n in names.numpy()]
   if bool(fatal.numpy()):
     raise ValueError(f'Cannot decode image {", ".join(names)} (set config.skip_corrupt_images '
                      'to skip such images)')
+  if len(names) == int(batch_size.numpy()) > 1:
+    # Not corrupt files but a pipeline that fails on every image (a format the decoder does not
+    # read, an op that fails at run time): skipping would silently train on nothing.
+    raise ValueError(f'None of the {len(names)} images of a batch could be decoded and '
+                     f'preprocessed, e.g. {names[0]}: check the data and the pp ops')
   with _reported_lock:
     new = [n for n in names if n not in _reported_names]
     _reported_names.update(new)
   for name in new:
-    logging.warning('Skipping an image that cannot be decoded: %s', name)
+    logging.warning('Skipping an image that cannot be decoded (or preprocessed): %s', name)
   return tf.constant(len(names), tf.int32)
 
 
@@ -354,7 +360,7 @@ def _batch_decoder(source: Source, process: Callable[..., tf.Tensor], config: An
       else:
         names = tf.strings.join(['example at stream position ', tf.strings.as_string(positions)])
       return tf.py_function(_report_undecodable,
-                            [tf.boolean_mask(names, ~valid), tf.constant(fatal)], tf.int32)
+                            [tf.boolean_mask(names, ~valid), n, tf.constant(fatal)], tf.int32)
 
     reported = tf.cond(tf.reduce_all(valid), lambda: tf.constant(0, tf.int32), report)
     with tf.control_dependencies([reported]):
