@@ -464,9 +464,10 @@ def run(args: argparse.Namespace) -> str:
     results.append(row)
 
   emit(f'Machine: {machine_description()}')
-  emit(f'Settings: batch {args.batch}, {args.resolution}x{args.resolution}, {dtype}, '
-       f'{args.num_classes} classes; median of {args.iterations} timed calls after '
-       f'{args.warmup} warm-up calls. Train step: {train_description or "–"}.')
+  if names:  # The other modes state their own settings.
+    emit(f'Settings: batch {args.batch}, {args.resolution}x{args.resolution}, {dtype}, '
+         f'{args.num_classes} classes; median of {args.iterations} timed calls after '
+         f'{args.warmup} warm-up calls. Train step: {train_description or "–"}.')
   emit()
   if results:
     emit('| model | params (M) | GFLOPs/img fwd (analytic / XLA) | compile s (infer / train) '
