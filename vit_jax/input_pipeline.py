@@ -218,7 +218,10 @@ def _global_position(position: tf.Tensor, local_batch: int) -> tf.Tensor:
 
 def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
                   ) -> tf.data.Dataset:
-  """Infinite stream of local training batches starting at optimizer step `start_step`."""
+  """Infinite stream of local training batches starting at optimizer step `start_step`.
+
+  Batches are {'image', 'label', 'mask'}: 'mask' is 0 for an image that could not be decoded.
+  """
   if source.num_examples < local_batch:
     raise ValueError(f'The training split has {source.num_examples} examples on this process, '
                      f'fewer than one local batch ({local_batch})')
