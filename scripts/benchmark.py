@@ -4,6 +4,7 @@ r"""Throughput, compile time, memory and FLOPs of zoo models; optionally against
   python scripts/benchmark.py --models=ViT-Ti_16,ViT-S_16 --batch=8 --compare-timm \
       --output=bench.md
   python scripts/benchmark.py --models= --attention-cost
+  python scripts/benchmark.py --models= --resume-pipeline --batch=128
 
 For each model: images/second of inference (`apply`, train=False) and of one training step (the
 training loop's own step, `vit_jax.step.make_train_step`: forward, backward, SGD with momentum
@@ -14,9 +15,12 @@ multiply-add), and on GPUs and TPUs the model FLOPs utilisation against the chip
 peak. `--compare-timm` runs the same architecture in timm (PyTorch) in the same process, same
 batch, resolution and dtype, with a torch SGD step, and prints ours/timm ratios.
 `--attention-cost` times global against windowed (Swin) attention on a 56x56 token grid.
+`--resume-pipeline` times the training input pipeline's first batch when a run resumes at 0% and
+at 90% of an epoch, on a generated folder of small PNGs and on CIFAR-10's train split (where
+TFDS_DATA_DIR holds it).
 
-Results go to stdout as markdown tables, and to `--output`. The script never imports
-TensorFlow, and torch (with timm) only under `--compare-timm`.
+Results go to stdout as markdown tables, and to `--output`. The script imports TensorFlow only
+under `--resume-pipeline`, and torch (with timm) only under `--compare-timm`.
 
 On a shared CPU, run with `OMP_WAIT_POLICY=PASSIVE`: torch's OpenMP threads otherwise spin at
 every barrier while other processes hold the cores, which made timm 5x slower on a loaded
@@ -292,6 +296,103 @@ def attention_cost(batch: int, grid: int = 56, window: int = 7, heads: int = 3,
 
 
 # ---------------------------------------------------------------------------------------------
+# Resuming the input pipeline.
+
+
+def write_png_folder(root: str, num_examples: int, size: int = 32, num_classes: int = 10,
+                     split: str = 'train') -> str:
+  """Writes `num_examples` size x size PNGs to ROOT/<split>/<class>/ (an image folder)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  # A few hundred distinct images suffice: the pipeline never compares them.
+  pool = [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+          for _ in range(256)]
+  for label in range(num_classes):
+    os.makedirs(os.path.join(root, split, f'class_{label}'), exist_ok=True)
+  for i in range(num_examples):
+    pool[i % len(pool)].save(os.path.join(root, split, f'class_{i % num_classes}', f'{i}.png'),
+                             compress_level=1)
+  return root
+
+
+def time_resume(config: Any, split: str, batch: int, fractions: Sequence[float],
+                repeats: int) -> list[dict[str, Any]]:
+  """Seconds to the first batch of `train_dataset` resumed at each fraction of an epoch.
+
+  Each timing builds the source and the dataset afresh, as a restarted job does; the source's
+  set-up (listing files, opening TFDS) is timed apart from the first batch. One untimed run
+  first takes TensorFlow's one-off start-up costs, and the fractions alternate, so that neither
+  is favoured by the page cache or a busy machine.
+  """
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
+  def once(fraction):
+    start = time.perf_counter()
+    source = input_pipeline.get_source(config, split)
+    setup = time.perf_counter()
+    start_step = round(fraction * (source.num_examples // batch))
+    next(iter(input_pipeline.train_dataset(config, source, batch, start_step)))
+    return source.num_examples, start_step, setup - start, time.perf_counter() - setup
+
+  once(fractions[0])
+  times = {f: [] for f in fractions}
+  for _ in range(repeats):
+    for fraction in fractions:
+      times[fraction].append(once(fraction))
+  rows = []
+  for fraction, runs in times.items():
+    examples, start_step = runs[0][:2]
+    rows.append(dict(fraction=fraction, start_step=start_step, offset=start_step * batch,
+                     examples=examples, setup_s=statistics.median(r[2] for r in runs),
+                     first_batch_s=statistics.median(r[3] for r in runs)))
+  return rows
+
+
+def resume_pipeline_table(args: argparse.Namespace) -> str:
+  """The markdown table of `--resume-pipeline`."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from vit_jax import base_config  # pylint: disable=g-import-not-at-top
+
+  def config_for(**fields):
+    config = base_config.get_config()
+    config.update(image_size=32, pp_train='random_crop(pad=4)|flip_lr|value_range(-1, 1)',
+                  download=False, **fields)
+    return config
+
+  fractions = (0., 0.9)
+  repeats = max(1, min(args.iterations, 3))
+  datasets = []
+  data_dir = os.environ.get('TFDS_DATA_DIR')
+  if data_dir and os.path.isdir(os.path.join(data_dir, 'cifar10')):
+    # The default buffer holds the whole split; a smaller one shows the cost of the records a
+    # resume reads (and parses, but does not decode) to rebuild the buffer's state.
+    for buffer in (50_000, 10_000):
+      datasets.append((f'CIFAR-10 train (TFDS, encoded PNG records), shuffle buffer {buffer:,}',
+                       config_for(dataset='cifar10', data_dir=data_dir, shuffle_buffer=buffer),
+                       'train'))
+  with tempfile.TemporaryDirectory() as root:
+    print(f'[resume] writing {args.resume_examples} PNGs ...', file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    write_png_folder(root, args.resume_examples)
+    written = time.perf_counter() - start
+    datasets.append((f'image folder, {args.resume_examples:,} 32x32 PNG files (written in '
+                     f'{written:.0f} s), whole-split shuffle of paths',
+                     config_for(dataset='imagefolder', data_dir=root), 'train'))
+    out = [f'Time to the first training batch when resuming, batch {args.batch}, 32x32 '
+           f"images, pp 'random_crop(pad=4)|flip_lr|value_range(-1, 1)'; median of {repeats} "
+           'after one untimed run, each with the source and the dataset built afresh.', '',
+           '| data | examples | resume at | start_step | offset | source set-up s | '
+           'first batch s |', '|---|---:|---:|---:|---:|---:|---:|']
+    for name, config, split in datasets:
+      print(f'[resume] {name} ...', file=sys.stderr, flush=True)
+      for row in time_resume(config, split, args.batch, fractions, repeats):
+        out.append(f"| {name} | {row['examples']:,} | {row['fraction']:.0%} | "
+                   f"{row['start_step']} | {row['offset']:,} | {row['setup_s']:.2f} | "
+                   f"{row['first_batch_s']:.2f} |")
+  return '\n'.join(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reporting.
 
 
@@ -363,9 +464,10 @@ def run(args: argparse.Namespace) -> str:
     results.append(row)
 
   emit(f'Machine: {machine_description()}')
-  emit(f'Settings: batch {args.batch}, {args.resolution}x{args.resolution}, {dtype}, '
-       f'{args.num_classes} classes; median of {args.iterations} timed calls after '
-       f'{args.warmup} warm-up calls. Train step: {train_description or "–"}.')
+  if names:  # The other modes state their own settings.
+    emit(f'Settings: batch {args.batch}, {args.resolution}x{args.resolution}, {dtype}, '
+         f'{args.num_classes} classes; median of {args.iterations} timed calls after '
+         f'{args.warmup} warm-up calls. Train step: {train_description or "–"}.')
   emit()
   if results:
     emit('| model | params (M) | GFLOPs/img fwd (analytic / XLA) | compile s (infer / train) '
@@ -420,6 +522,9 @@ def run(args: argparse.Namespace) -> str:
   if args.memory:
     emit()
     emit(memory_table(args))
+  if args.resume_pipeline:
+    emit()
+    emit(resume_pipeline_table(args))
   text = '\n'.join(lines) + '\n'
   if args.output:
     with open(args.output, 'w', encoding='utf-8') as f:
@@ -483,9 +588,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--attention-cost', action='store_true',
                       help='Time global vs windowed attention on a 56x56 token grid.')
   parser.add_argument('--attention-batch', type=int, default=4)
+  parser.add_argument('--resume-pipeline', action='store_true',
+                      help='Time the first training batch when resuming at 0%% and 90%% of an '
+                           'epoch (imports TensorFlow).')
+  parser.add_argument('--resume-examples', type=int, default=50_000,
+                      help='PNG files in the generated image folder of --resume-pipeline.')
   parser.add_argument('--output', default=None, help='Also write the tables to this file.')
   args = parser.parse_args(argv)
-  for field in ('batch', 'resolution', 'iterations', 'attention_batch'):
+  for field in ('batch', 'resolution', 'iterations', 'attention_batch', 'resume_examples'):
     if getattr(args, field) < 1:
       parser.error(f'--{field.replace("_", "-")} must be positive')
   return args

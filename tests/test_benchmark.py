@@ -76,3 +76,16 @@ def test_memory_report_shows_fsdp_at_an_eighth_of_dp_on_8_devices():
   assert abs(params_dp - 5_680_552 * 4 / 2**20) <= 0.5
   ratio = float(rows['FSDP / DP'][4])
   assert 0.12 < ratio < 0.14  # 1/8, plus the small tensors FSDP leaves replicated.
+
+
+def test_resume_pipeline_times_the_first_batch_at_0_and_90_percent():
+  env = {k: v for k, v in os.environ.items() if k != 'TFDS_DATA_DIR'}  # The folder alone.
+  run = subprocess.run(
+      [sys.executable, 'scripts/benchmark.py', '--models=', '--resume-pipeline',
+       '--resume-examples=300', '--batch=16', '--iterations=1'], cwd=ROOT, capture_output=True,
+      text=True, timeout=600, env={**env, 'PYTHONPATH': ROOT})
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = [[c.strip() for c in line.strip('|').split('|')] for line in run.stdout.splitlines()
+          if line.startswith('| image folder')]
+  assert [r[2:5] for r in rows] == [['0%', '0', '0'], ['90%', '16', '256']]  # 18 steps/epoch.
+  assert all(float(r[6]) > 0 for r in rows)

@@ -34,6 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.pp_eval = 'resize|value_range(-1, 1)'
   config.shuffle_buffer = 50_000
   config.cache_train = False  # Keep the encoded training images in memory (small datasets).
+  # An image that cannot be decoded (corrupt, truncated) is logged once and skipped: a zero
+  # image with no weight in the loss, counted by the `skipped_images` metric (and by
+  # `eval_skipped` in evaluation). False: it stops the run with an error naming the file.
+  config.skip_corrupt_images = True
   # Repeated augmentation (DeiT): each image k times per epoch, differently augmented.
   config.repeated_augmentation = 1
   # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.

@@ -23,8 +23,12 @@ from vit_jax import models
 
 def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
                       teacher_logits: jax.Array, kind: str = 'hard', alpha: float = 0.5,
-                      temperature: float = 1.0) -> jax.Array:
+                      temperature: float = 1.0, weights: jax.Array | None = None
+                      ) -> jax.Array:
   """Mean of (1 - alpha) * CE(cls, targets) + alpha * the distillation term.
+
+  `weights` (B,) of 0 or 1: the mean over the examples of weight 1 (those the input pipeline
+  decoded), bit-identical to the plain mean when all are 1.
 
   'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft': DeiT's
   `kl_div(..., reduction='sum') * T^2 / numel`, i.e. T^2 * KL(softmax(teacher / T) ||
@@ -42,7 +46,10 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
         jax.nn.log_softmax(dist_logits.astype(jnp.float32) / t), jax.nn.softmax(teacher_logits / t))
   else:
     raise ValueError(f"Unknown config.distillation.kind {kind!r}; expected 'hard' or 'soft'")
-  return jnp.mean((1. - alpha) * base + alpha * distill)
+  per_example = (1. - alpha) * base + alpha * distill
+  if weights is None:
+    return jnp.mean(per_example)
+  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.)
 
 
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:

@@ -8,6 +8,11 @@ or file paths) through caching, shuffling and a resume's skip, and are decoded a
 original's `tfds.decode.SkipDecoding()`: the shuffle buffer holds encoded images, and resuming
 decodes nothing it skips. Each process reads only its own slice of every split. Evaluation
 visits every example exactly once: the last batch is padded and the padding masked out.
+
+An image that cannot be decoded (a corrupt or truncated file) does not stop a run: it keeps its
+place in the stream as a zero image with mask 0, so batch sizes, positions and resume offsets do
+not change; its name is logged once per process and the train step gives it no weight. With
+`config.skip_corrupt_images = False` it is an error naming the file instead.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import dataclasses
 import itertools
 import os
 import re
+import threading
 from typing import Any, Callable, Iterator
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
@@ -33,7 +40,8 @@ _SLICE_RE = re.compile(r'^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One split of one dataset, already restricted to this process's slice."""
-  encoded: tf.data.Dataset  # of {'image': encoded bytes or a file path, 'label': int64}
+  # Of {'image': encoded bytes or a file path, 'label': int64} (TFDS: also 'index', for names).
+  encoded: tf.data.Dataset
   decode: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]  # -> image uint8 (H, W, C)
   num_examples: int  # in this process's slice
   max_process_examples: int  # the largest slice over processes (fixes the eval step count)
@@ -42,6 +50,9 @@ class Source:
   # epoch is a full permutation whatever config.shuffle_buffer says.
   shuffle_whole_split: bool = False
   class_names: tuple[str, ...] | None = None  # by label; None where the dataset names none
+  # An encoded record -> a string naming it in messages (its file, its TFDS id); None: the
+  # record's position in the stream.
+  name: Callable[[dict[str, tf.Tensor]], tf.Tensor] | None = None
 
   @property
   def dataset(self) -> tf.data.Dataset:
@@ -85,18 +96,25 @@ def _tfds_source(config: Any, split: str) -> Source:
     sizes = [builder.info.splits[s].num_examples for s in process_splits]
   except (ValueError, KeyError, AssertionError) as e:
     raise ValueError(f'Bad split {split!r} for dataset {config.dataset!r}: {e}') from e
-  ds = builder.as_dataset(split=process_splits[jax.process_index()], shuffle_files=False,
+  index, process_split = jax.process_index(), process_splits[jax.process_index()]
+  ds = builder.as_dataset(split=process_split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']},
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Records are named by their index in the split for messages: an int64 costs nothing through
+  # the shuffle buffer and a resume's skip, where TFDS's `tfds_id` strings slowed both.
+  ds = ds.enumerate().map(
+      lambda index, ex: {'image': ex['image'], 'label': ex['label'], 'index': index},
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   image_feature = builder.info.features['image']
 
   def decode(ex):
     return {'image': image_feature.decode_example(ex['image']), 'label': ex['label']}
 
   label = builder.info.features['label']
-  return Source(ds, decode, sizes[jax.process_index()], max(sizes), label.num_classes,
-                class_names=tuple(label.names) if getattr(label, 'names', None) else None)
+  where = f'{config.dataset} {split}' + (f' (slice {index + 1} of {count})' if count > 1 else '')
+  return Source(ds, decode, sizes[index], max(sizes), label.num_classes,
+                class_names=tuple(label.names) if getattr(label, 'names', None) else None,
+                name=lambda ex: tf.strings.join([where, ' example ',
+                                                 tf.strings.as_string(ex['index'])]))
 
 
 def _slice(n: int, bound: str, default: int) -> int:
@@ -154,7 +172,7 @@ def _imagefolder_source(config: Any, split: str) -> Source:
             'label': ex['label']}
 
   return Source(ds, decode, len(mine), largest, len(classes), shuffle_whole_split=True,
-                class_names=tuple(classes))
+                class_names=tuple(classes), name=lambda ex: ex['image'])
 
 
 def get_source(config: Any, split: str) -> Source:
@@ -200,7 +218,10 @@ def _global_position(position: tf.Tensor, local_batch: int) -> tf.Tensor:
 
 def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
                   ) -> tf.data.Dataset:
-  """Infinite stream of local training batches starting at optimizer step `start_step`."""
+  """Infinite stream of local training batches starting at optimizer step `start_step`.
+
+  Batches are {'image', 'label', 'mask'}: 'mask' is 0 for an image that could not be decoded.
+  """
   if source.num_examples < local_batch:
     raise ValueError(f'The training split has {source.num_examples} examples on this process, '
                      f'fewer than one local batch ({local_batch})')
@@ -236,34 +257,126 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
   ds = tf.data.Dataset.zip(tf.data.Dataset.range(start_example, 2**62), ds)
 
   def process(position, example):
-    example = source.decode(example)
-    image = preprocess.apply(ops, example['image'],
-                             _example_seed(seed, _global_position(position, local_batch)))
-    return {'image': _at_model_size(image, config.image_size), 'label': tf.cast(example['label'], tf.int32)}
+    example_seed = _example_seed(seed, _global_position(position, local_batch))
+    image = preprocess.apply(ops, source.decode(example)['image'], example_seed)
+    return _at_model_size(image, config.image_size)
 
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(local_batch, drop_remainder=True).prefetch(2)
+  # Batched before decoding: one nested dataset per batch guards the decoding (see
+  # `_batch_decoder`), far cheaper than one per example.
+  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.map(_batch_decoder(source, process, config), num_parallel_calls=_DECODE_BATCHES,
+              deterministic=True)
+  return ds.prefetch(2)
 
 
 def eval_dataset(config: Any, source: Source, local_batch: int) -> tuple[tf.data.Dataset, int]:
-  """Local eval batches with a 'mask' (0 for padding); returns (dataset, number of batches).
+  """Local eval batches with a 'mask'; returns (dataset, number of batches).
+
+  'mask' is 1 for the examples to count, 0 for padding and for images that could not be decoded
+  (those also have 'skipped' 1).
 
   Every process yields the same number of batches, enough for the largest process slice.
   """
   ops = preprocess.parse(config.pp_eval, config.image_size)
   num_batches = -(-source.max_process_examples // local_batch)
 
-  def process(example):
-    image = preprocess.apply(ops, example['image'], _example_seed(0, 0))
-    return {'image': _at_model_size(image, config.image_size),
-            'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1., tf.float32)}
+  def process(position, example):
+    del position  # Evaluation is deterministic.
+    image = preprocess.apply(ops, source.decode(example)['image'], _example_seed(0, 0))
+    return _at_model_size(image, config.image_size)
 
-  ds = source.dataset.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  # Padding is the first example zeroed and masked out: it has the real examples' shapes and
-  # dtypes whatever the ops are, with no need for a static image shape.
-  padding = ds.take(1).map(lambda ex: jax.tree.map(tf.zeros_like, ex))
-  ds = ds.concatenate(padding.repeat(num_batches * local_batch - source.num_examples))
-  return ds.batch(local_batch, drop_remainder=True).prefetch(2), num_batches
+  ds = tf.data.Dataset.zip(tf.data.Dataset.range(2**62), source.encoded).batch(local_batch)
+  ds = ds.map(_batch_decoder(source, process, config), num_parallel_calls=_DECODE_BATCHES,
+              deterministic=True)
+
+  def pad(batch):
+    # The last batch is padded with zeros, masked out; real examples not decoded are `skipped`.
+    rows = local_batch - tf.shape(batch['label'])[0]
+    return {'image': tf.pad(batch['image'], [[0, rows], [0, 0], [0, 0], [0, 0]]),
+            'label': tf.pad(batch['label'], [[0, rows]]),
+            'mask': tf.pad(batch['mask'], [[0, rows]]),
+            'skipped': tf.pad(1. - batch['mask'], [[0, rows]])}
+
+  ds = ds.map(pad)
+  padding = ds.take(1).map(lambda batch: jax.tree.map(tf.zeros_like, batch))
+  ds = ds.concatenate(padding.repeat(num_batches - -(-source.num_examples // local_batch)))
+  return ds.prefetch(2), num_batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Images that cannot be decoded.
+
+# Batches decoded at once: two keep the cores busy while one batch's last images finish.
+_DECODE_BATCHES = 2
+
+_reported_lock = threading.Lock()
+_reported_names: set[str] = set()
+
+
+def _report_undecodable(names: tf.Tensor, batch_size: tf.Tensor, fatal: tf.Tensor
+                        ) -> tf.Tensor:
+  """Logs each name once per process (not once per epoch), or raises naming them if `fatal`."""
+  names = [n.decode('utf-8', 'replace') for n in names.numpy()]
+  if bool(fatal.numpy()):
+    raise ValueError(f'Cannot decode image {", ".join(names)} (set config.skip_corrupt_images '
+                     'to skip such images)')
+  if len(names) == int(batch_size.numpy()) > 1:
+    # Not corrupt files but a pipeline that fails on every image (a format the decoder does not
+    # read, an op that fails at run time): skipping would silently train on nothing.
+    raise ValueError(f'None of the {len(names)} images of a batch could be decoded and '
+                     f'preprocessed, e.g. {names[0]}: check the data and the pp ops')
+  with _reported_lock:
+    new = [n for n in names if n not in _reported_names]
+    _reported_names.update(new)
+  for name in new:
+    logging.warning('Skipping an image that cannot be decoded (or preprocessed): %s', name)
+  return tf.constant(len(names), tf.int32)
+
+
+def _batch_decoder(source: Source, process: Callable[..., tf.Tensor], config: Any,
+                   ) -> Callable[..., dict[str, tf.Tensor]]:
+  """(positions, encoded records) -> {'image', 'label', 'mask'}, whatever fails to decode.
+
+  `process(position, record)` decodes and preprocesses one record to a statically shaped image.
+  A record whose `process` fails keeps its row as a zero image with mask 0 (its label stays), so
+  the batch keeps its size and every other row its image.
+  """
+  fatal = not config.get('skip_corrupt_images', True)
+
+  def decode_batch(positions, examples):
+    n = tf.shape(positions)[0]
+    rows = tf.range(n)
+    # A graph-level try/except: `ignore_errors` drops the examples that fail; the rows left over
+    # say which. A zero sentinel after the survivors is the image of the failed rows.
+    decoded = tf.data.Dataset.from_tensor_slices((rows, positions, examples)).map(
+        lambda row, position, example: (row, process(position, example)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    spec = decoded.element_spec[1]
+    sentinel = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int32),
+                                             tf.zeros(spec.shape, spec.dtype)))
+    good_rows, images = decoded.concatenate(sentinel).batch(
+        tf.cast(n, tf.int64) + 1).get_single_element()
+    good_rows = good_rows[:-1]
+    valid = tf.scatter_nd(good_rows[:, None], tf.ones_like(good_rows), [n]) > 0
+    # The i-th valid row takes the i-th survivor, the others the sentinel (the last image).
+    index = tf.where(valid, tf.cumsum(tf.cast(valid, tf.int32), exclusive=True),
+                     tf.size(good_rows))
+    images = tf.gather(images, index)
+
+    def report():
+      if source.name is not None:
+        names = source.name(examples)
+      else:
+        names = tf.strings.join(['example at stream position ', tf.strings.as_string(positions)])
+      return tf.py_function(_report_undecodable,
+                            [tf.boolean_mask(names, ~valid), n, tf.constant(fatal)], tf.int32)
+
+    reported = tf.cond(tf.reduce_all(valid), lambda: tf.constant(0, tf.int32), report)
+    with tf.control_dependencies([reported]):
+      mask = tf.cast(valid, tf.float32)
+    return {'image': images, 'label': tf.cast(examples['label'], tf.int32), 'mask': mask}
+
+  return decode_batch
 
 
 # ---------------------------------------------------------------------------------------------

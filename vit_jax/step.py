@@ -58,6 +58,17 @@ def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 LOSSES = {'softmax_xent': cross_entropy, 'sigmoid_xent': sigmoid_cross_entropy}
 
 
+def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """The mean of `values` over the examples of weight 1 (over all where `weights` is None).
+
+  With every weight 1 it is bit-identical to `jnp.mean` (x * 1 is exact, the ones sum to B); a
+  batch of weight 0 alone gives 0, not NaN.
+  """
+  if weights is None:
+    return jnp.mean(values)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.)
+
+
 def loss_for(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The per-example loss named by `config.loss`."""
   name = config.get('loss', 'softmax_xent')
@@ -75,6 +86,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
+
+  A batch's optional 'mask' marks the examples the input pipeline could not decode (0): they
+  weigh nothing in the loss, the accuracy or (with `accum_steps`) their micro-batch's mean, and
+  before mixup, BatchNorm or the teacher see them each takes the image and label of its mirror
+  partner (row B - 1 - i, the one mixup pairs it with), so a skipped image's zeros reach no other
+  example: its partner is mixed with a copy of itself. The 'skipped' metric counts them.
 
   `train_step(state, batch)`, or with a DeiT `teacher` `train_step(state, batch,
   teacher_variables)`: the frozen teacher sees the same (mixed) images, and only its logits enter
@@ -94,7 +111,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     targets = jax.nn.one_hot(labels, model.num_classes)
     return optax.smooth_labels(targets, smoothing) if smoothing else targets
 
-  def loss_fn(params, model_state, images, targets, labels, teacher_logits, dropout_rng):
+  def loss_fn(params, model_state, images, targets, labels, weights, teacher_logits,
+              dropout_rng):
     mutable = list(model_state)
     with nn.logical_axis_rules(rules):
       out = model.apply({'params': params, **model_state}, images, train=True,
@@ -106,11 +124,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       cls_logits, dist_logits = logits
       loss = distill.distillation_loss(
           cls_logits, dist_logits, targets, teacher_logits, kind=distillation.get('kind', 'hard'),
-          alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.))
+          alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.),
+          weights=weights)
       logits = (cls_logits + dist_logits) / 2
     else:
-      loss = jnp.mean(per_example_loss(logits, targets))
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+      loss = weighted_mean(per_example_loss(logits, targets), weights)
+    accuracy = weighted_mean(jnp.argmax(logits, -1) == labels, weights)
     return loss, (accuracy, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -119,8 +138,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
     def micro_step(carry, xs):
       params, opt_state, model_state = carry
-      images, labels, rng = xs
+      images, labels, weights, rng = xs
       mix_rng, dropout_rng = jax.random.split(rng)
+      if weights is not None:
+        keep = weights > 0
+        images = jnp.where(keep[:, None, None, None], images, images[::-1])
+        labels = jnp.where(keep, labels, labels[::-1])
       targets = targets_for(labels)
       if mixup_config:
         images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
@@ -130,7 +153,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
           teacher_logits = jax.lax.stop_gradient(
               teacher.apply(teacher_variables, images, train=False))
       (loss, (accuracy, model_state)), grads = grad_fn(
-          params, model_state, images, targets, labels, teacher_logits, dropout_rng)
+          params, model_state, images, targets, labels, weights, teacher_logits, dropout_rng)
       if accum > 1:
         # The running mean that optax.MultiSteps keeps; after the last micro-batch it is the
         # averaged gradient that clipping sees, so its norm is the one to log.
@@ -144,10 +167,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       return (params, opt_state, model_state), metrics
 
     step_rng = jax.random.fold_in(state.rng, state.step)
-    images, labels = batch['image'], batch['label']
+    images, labels, weights = batch['image'], batch['label'], batch.get('mask')
     carry = (state.params, state.opt_state, state.model_state)
     if accum == 1:
-      carry, metrics = micro_step(carry, (images, labels, step_rng))
+      carry, metrics = micro_step(carry, (images, labels, weights, step_rng))
     else:
       # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
       # holds rows of every micro-batch, so all devices work in every micro-step.
@@ -155,12 +178,15 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
       rngs = jax.random.split(step_rng, accum)
-      carry, metrics = jax.lax.scan(micro_step, carry, (split(images), split(labels), rngs))
+      carry, metrics = jax.lax.scan(micro_step, carry, (
+          split(images), split(labels), None if weights is None else split(weights), rngs))
       grad_norm = metrics.pop('grad_norm')[-1]
       metrics = jax.tree.map(jnp.mean, metrics)
       metrics['grad_norm'] = grad_norm
     params, opt_state, model_state = carry
     metrics['learning_rate'] = schedule(state.step)
+    if weights is not None:
+      metrics['skipped'] = jnp.sum(weights == 0)
     ema_params = state.ema_params
     if ema_params is not None:
       ema_params = optax.incremental_update(params, ema_params, 1. - ema_decay)
@@ -175,6 +201,8 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
                    config: ml_collections.ConfigDict | None = None,
                    ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
   """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples.
+
+  Where the batch has 'skipped' (images the input pipeline could not decode), also its sum.
 
   The loss is `config.loss` (softmax cross-entropy without a config).
   """
@@ -193,6 +221,7 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
         'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
         'loss_sum': jnp.sum(loss * mask),
         'count': jnp.sum(mask),
+        **({'skipped': jnp.sum(batch['skipped'])} if 'skipped' in batch else {}),
     }
 
   return eval_step

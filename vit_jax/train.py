@@ -132,10 +132,42 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals['count'])
-  return {'eval_accuracy': float(totals['correct_top1']) / count,
-          'eval_top5_accuracy': float(totals['correct_top5']) / count,
-          'eval_loss': float(totals['loss_sum']) / count,
-          'eval_examples': count, 'eval_batches': num_batches}
+  metrics = {'eval_accuracy': float(totals['correct_top1']) / count,
+             'eval_top5_accuracy': float(totals['correct_top5']) / count,
+             'eval_loss': float(totals['loss_sum']) / count,
+             'eval_examples': count, 'eval_batches': num_batches}
+  if 'skipped' in totals:
+    metrics['eval_skipped'] = float(totals['skipped'])
+  return metrics
+
+
+def _skipped_path(workdir: str) -> str:
+  return os.path.join(workdir, 'skipped_images.json')
+
+
+def _skipped_at(workdir: str, step: int) -> int:
+  """The `skipped_images` count saved with the checkpoint of `step` (0 if none)."""
+  try:
+    with open(_skipped_path(workdir)) as f:
+      return int(json.load(f).get(str(step), 0))
+  except FileNotFoundError:
+    return 0
+
+
+def _save_skipped(workdir: str, step: int, count: int) -> None:
+  """Keeps the count beside the checkpoints (by step: a resumed run may restore any of them)."""
+  if jax.process_index() != 0 or not count:
+    return  # No file is a count of 0.
+  path = _skipped_path(workdir)
+  try:
+    with open(path) as f:
+      counts = json.load(f)
+  except FileNotFoundError:
+    counts = {}
+  counts[str(step)] = count
+  with open(path + '.tmp', 'w') as f:
+    json.dump(counts, f)
+  os.replace(path + '.tmp', path)
 
 
 def _check_finite(step: int, loss: jax.Array) -> None:
@@ -221,6 +253,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     logging.info('Resumed from the checkpoint of step %d in %s', latest, workdir)
   start_step = int(jax.device_get(state.step))
+  # Training examples whose image could not be decoded, over the whole run (resumes included).
+  skipped_images = _skipped_at(workdir, start_step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0 and jax.process_index() == 0:
@@ -250,9 +284,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     is_last = step == total_steps
     if step % config.log_every == 0 or is_last:
       _check_finite(*pending)
+      stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
+      skipped_images += int(np.sum(stacked.pop('skipped', 0)))
       train_metrics = {f'train_{k}' if k != 'learning_rate' else k: float(np.mean(v))
-                       for k, v in jax.device_get(
-                           jax.tree.map(lambda *xs: jnp.stack(xs), *history)).items()}
+                       for k, v in stacked.items()}
+      train_metrics['skipped_images'] = skipped_images
       history = []
       now = time.time()
       train_metrics['img_per_sec'] = (step - tick_step) * config.batch_size / (now - tick)
@@ -263,6 +299,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    train_metrics['train_accuracy'], train_metrics['learning_rate'],
                    train_metrics['train_grad_norm'], train_metrics['img_per_sec'],
                    time.strftime('%H:%M:%S', time.gmtime(eta)))
+      if skipped_images:
+        logging.info('step %d: %d training images skipped so far (undecodable)', step,
+                     skipped_images)
       tick, tick_step = time.time(), step
 
     if step % config.eval_every == 0 or is_last:
@@ -292,6 +331,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if step % config.checkpoint_every == 0 or is_last:
       _check_finite(*pending)
       manager.save(step, args=ocp.args.StandardSave(state))
+      _save_skipped(workdir, step, skipped_images + sum(
+          int(jax.device_get(m.get('skipped', 0))) for m in history))
   manager.wait_until_finished()
   writer.flush()
 
