@@ -8,8 +8,8 @@ batch 128, 50 epochs, random crop 32 with padding 4 + horizontal flip, CIFAR mea
 
 Argument `quick`: the README's main job, a short schedule for a 2-core CPU.
 Measured (2-core CPU, jax 0.10.2):
-  quick: 53.6% top-1 / 94.5% top-5 on all 10,000 test images after 1,000 steps (212 img/s,
-    about 11 minutes on an idle 2-core CPU; 19.5 minutes measured with other jobs on the CPU).
+  quick: 53.8% top-1 / 94.5% top-5 on all 10,000 test images after 1,000 steps (244 img/s once
+    warm; 11 min 43 s end to end with another job on the CPU).
   full (50 epochs): expected 82-85% test accuracy (the seeds' report); not run here.
 """
 
