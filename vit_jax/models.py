@@ -7,13 +7,15 @@ also works for the ViT family.
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from vit_jax import models_resnet
 from vit_jax.models_swin import SwinTransformer
 from vit_jax.models_vit import VisionTransformer
 from vit_jax.zoo import MODEL_CONFIGS, MODEL_FAMILIES
 
-__all__ = ['MODEL_CONFIGS', 'VisionTransformer', 'get_model', 'model_class']
+__all__ = ['MODEL_CONFIGS', 'VisionTransformer', 'get_model', 'init_shapes', 'model_class']
 
 _CLASSES: dict[str, type[nn.Module]] = {
     'vit': VisionTransformer,
@@ -45,3 +47,16 @@ def get_model(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Mod
     else:
       config[key] = value
   return cls(num_classes=num_classes, **config)
+
+
+def init_shapes(model: nn.Module, image_size: int | tuple[int, int]) -> dict[str, Any]:
+  """Every variable collection of `model` fed `image_size` images, as `jax.ShapeDtypeStruct`s.
+
+  Nothing is computed or allocated: this is what checkpoint loaders check files against.
+  `intermediates` (sown by some modules) is left out; it is not state.
+  """
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False))
+  return {k: v for k, v in shapes.items() if k != 'intermediates'}
