@@ -8,7 +8,9 @@ import pytest
 from helpers import randomize
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import models_cnn
 from vit_jax import models_resnet
+from vit_jax import models_resnet_v1
 
 
 def param_shapes(model, size=64, collection='params'):
@@ -72,8 +74,8 @@ def test_zoo_entries():
     assert models.model_class(name) is models_resnet.ResNetV2
   config = models.MODEL_CONFIGS['BiT-M-R152x4']
   assert tuple(config.num_layers) == (3, 8, 36, 3) and config.width_factor == 4
-  assert models.model_class('ResNet-50') is models_resnet.ResNet
-  assert models.model_class('CNN-CIFAR') is models_resnet.CifarCNN
+  assert models.model_class('ResNet-50') is models_resnet_v1.ResNet
+  assert models.model_class('CNN-CIFAR') is models_cnn.CifarCNN
   # R101x3: widths x3 reach the doc's 64·2^(s-1)·wf; 4x of that at the end of stage 4.
   shapes = param_shapes(models.get_model('BiT-M-R101x3', num_classes=None), size=32)
   assert shapes['block4']['unit03']['conv3']['kernel'].shape == (1, 1, 1536, 6144)
