@@ -10,6 +10,8 @@ import time
 import jax
 import numpy as np
 
+from vit_jax import models
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_TFDS = os.path.join(REPO, '..', 'shared', 'data', 'tfds')
 
@@ -35,6 +37,52 @@ def randomize(params, seed: int = 0, scale: float = 0.02):
   noisy = [np.asarray(x) + scale * rng.standard_normal(np.shape(x)).astype(np.float32)
            for x in leaves]
   return jax.tree.unflatten(treedef, noisy)
+
+
+def random_images(n: int, size: int, seed: int = 1) -> np.ndarray:
+  """`n` square images, uniform in [-1, 1] (the ViT input range), float32 NHWC."""
+  return np.random.default_rng(seed).uniform(-1., 1., (n, size, size, 3)).astype(np.float32)
+
+
+def param_shapes(model, size, collection: str = 'params'):
+  """`collection` of `model`'s variables for `size` images, as shapes (nothing computed)."""
+  return models.init_shapes(model, size)[collection]
+
+
+def count_params(model, size) -> int:
+  """Number of parameters of `model` for `size` images."""
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(model, size)))
+
+
+def random_params(model, images, seed: int = 0, scale: float = 0.02,
+                  norm_scale: float | None = None):
+  """Random parameters of `model`'s shapes, without compiling its `init` (slow on CPU).
+
+  Norm scales are 1 + N(0, norm_scale^2) (default `scale`), everything else, zero-initialised
+  heads and biases included, N(0, scale^2): standardized convs and norms turn them into
+  well-scaled activations.
+
+  Args:
+    model: a Flax model taking NHWC images.
+    images: the input side (int), (height, width), or a batch of images.
+    seed: numpy seed of the draws.
+    scale: standard deviation of the weights.
+    norm_scale: standard deviation of the norm scales around 1.
+  """
+  size = images if isinstance(images, (int, tuple)) else tuple(np.shape(images)[1:3])
+  norm_scale = scale if norm_scale is None else norm_scale
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    noise = rng.standard_normal(leaf.shape).astype(np.float32)
+    return 1. + norm_scale * noise if path[-1].key == 'scale' else scale * noise
+
+  return jax.tree_util.tree_map_with_path(draw, param_shapes(model, size))
+
+
+def init_key():
+  """An `rbg` key: it compiles far faster than threefry on CPU, for tests that need no stream."""
+  return jax.random.key(0, impl='rbg')
 
 
 def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3, size=32):

@@ -6,10 +6,11 @@ import importlib
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_images
+from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import convert
 from vit_jax import convert_hf
@@ -30,18 +31,11 @@ def tiny_model(num_classes=10, gelu_approximate=True, **overrides):
 
 @functools.cache
 def _random_params(num_classes, classifier, representation_size, distilled):
-  """Random values of every parameter, from shapes alone (no slow eager init)."""
+  """Random values of every parameter, from shapes alone (no slow eager init): norm scales near
+  1, everything else (heads and biases too) clearly non-zero."""
   model = tiny_model(num_classes, classifier=classifier, representation_size=representation_size,
                      distilled=distilled)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    # Norm scales near 1, everything else (heads and biases too) clearly non-zero.
-    value = 0.3 * rng.standard_normal(leaf.shape).astype(np.float32)
-    return value + 1 if path[-1].key == 'scale' else value
-
-  return jax.tree_util.tree_map_with_path(draw, shapes['params'])
+  return random_params(model, SIZE, scale=0.3)
 
 
 def tiny_params(model):
@@ -54,7 +48,7 @@ def apply(model, params, x):
 
 
 def images(batch=2, size=SIZE, seed=1):
-  return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
+  return random_images(batch, size, seed)
 
 
 def to_torch(x):

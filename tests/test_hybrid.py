@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import randomize
+from helpers import count_params
+from helpers import init_key
+from helpers import param_shapes
+from helpers import random_images
+from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import models_resnet
@@ -19,33 +23,9 @@ ORIGINAL_COUNTS = {
 TINY = dict(hidden_size=32, transformer={'num_layers': 1, 'mlp_dim': 64, 'num_heads': 2})
 
 
-def param_shapes(model, size):
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))['params']
-
-
-def random_images(n, size, seed=1):
-  return np.random.default_rng(seed).uniform(-1., 1., (n, size, size, 3)).astype(np.float32)
-
-
-def init_key():
-  # `rbg` keys compile far faster than threefry on CPU; no test depends on the PRNG's stream.
-  return jax.random.key(0, impl='rbg')
-
-
-def random_params(model, size, seed=0):
-  """Random parameters without compiling `init` (slow on CPU): norm scales near 1, the rest
-  N(0, 0.02^2), which standardized convs and LayerNorms turn into well-scaled activations."""
-  flat = checkpoint.flatten(param_shapes(model, size))
-  base = {key: (np.ones if key.endswith('/scale') else np.zeros)(s.shape, s.dtype)
-          for key, s in flat.items()}
-  return randomize(checkpoint.unflatten(base), seed=seed)
-
-
 @pytest.mark.parametrize('name', sorted(ORIGINAL_COUNTS))
 def test_parameter_count_equals_original(name):
-  shapes = param_shapes(models.get_model(name, num_classes=1000), 224)
-  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == ORIGINAL_COUNTS[name]
+  assert count_params(models.get_model(name, num_classes=1000), 224) == ORIGINAL_COUNTS[name]
 
 
 def test_resnet_parameters_sit_at_the_top_level_with_the_npz_names():

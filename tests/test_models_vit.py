@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import models
+from helpers import count_params
 from helpers import randomize
+from vit_jax import models
 
 # Parameter counts of the original library at 224 px with 1000 classes.
 ORIGINAL_COUNTS = {
@@ -17,21 +18,12 @@ ORIGINAL_COUNTS = {
     # The original's own names of the gap models.
     'ViT-S_16-gap-norep': 22_049_896, 'ViT-B_16-gap-norep': 86_566_120,
     'ViT-S_32-gap-norep': 22_878_184, 'ViT-B_32-gap-norep': 88_222_696,
-    # The hybrids, under the original's names.
-    'R50+ViT-B_16': 98_659_112, 'R26+ViT-B_32': 101_383_976, 'R26+ViT-S_32': 36_431_912,
-    'R50+ViT-L_32': 328_994_856, 'R+ViT-Ti_16': 6_337_704,
-}
-
-
-def count_params(model, size=224):
-  shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+}  # The hybrids' counts are in test_hybrid.
 
 
 @pytest.mark.parametrize('name', sorted(ORIGINAL_COUNTS))
 def test_parameter_count_equals_original(name):
-  assert count_params(models.get_model(name, num_classes=1000)) == ORIGINAL_COUNTS[name]
+  assert count_params(models.get_model(name, num_classes=1000), 224) == ORIGINAL_COUNTS[name]
 
 
 def test_every_vit_zoo_entry_builds_with_original_api():

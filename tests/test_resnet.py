@@ -5,38 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import count_params
+from helpers import init_key
+from helpers import param_shapes
+from helpers import random_images
+from helpers import random_params
 from helpers import randomize
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import models_cnn
 from vit_jax import models_resnet
-
-
-def param_shapes(model, size=64, collection='params'):
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-  return variables[collection]
-
-
-def count_params(model, size=224):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(param_shapes(model, size)))
-
-
-def random_images(n, size, seed=1):
-  return np.random.default_rng(seed).uniform(-1., 1., (n, size, size, 3)).astype(np.float32)
-
-
-def init_key():
-  # `rbg` keys compile far faster than threefry on CPU; no test depends on the PRNG's stream.
-  return jax.random.key(0, impl='rbg')
-
-
-def random_params(model, size=64, seed=0):
-  """Random parameters without compiling `init` (slow on CPU): norm scales near 1, the rest
-  N(0, 0.02^2), which standardized convs and LayerNorms turn into well-scaled activations."""
-  flat = checkpoint.flatten(param_shapes(model, size))
-  base = {key: (np.ones if key.endswith('/scale') else np.zeros)(s.shape, s.dtype)
-          for key, s in flat.items()}
-  return randomize(checkpoint.unflatten(base), seed=seed)
+from vit_jax import models_resnet_v1
 
 
 def jit_apply(model):
@@ -58,7 +37,7 @@ def to_torch_images(images):
     ('BiT-M-R50x1', 25_549_352),
 ])
 def test_parameter_counts(name, expected):
-  assert count_params(models.get_model(name, num_classes=1000)) == expected
+  assert count_params(models.get_model(name, num_classes=1000), 224) == expected
 
 
 def test_bit_parameter_count_equals_timm(timm):
@@ -72,8 +51,8 @@ def test_zoo_entries():
     assert models.model_class(name) is models_resnet.ResNetV2
   config = models.MODEL_CONFIGS['BiT-M-R152x4']
   assert tuple(config.num_layers) == (3, 8, 36, 3) and config.width_factor == 4
-  assert models.model_class('ResNet-50') is models_resnet.ResNet
-  assert models.model_class('CNN-CIFAR') is models_resnet.CifarCNN
+  assert models.model_class('ResNet-50') is models_resnet_v1.ResNet
+  assert models.model_class('CNN-CIFAR') is models_cnn.CifarCNN
   # R101x3: widths x3 reach the doc's 64·2^(s-1)·wf; 4x of that at the end of stage 4.
   shapes = param_shapes(models.get_model('BiT-M-R101x3', num_classes=None), size=32)
   assert shapes['block4']['unit03']['conv3']['kernel'].shape == (1, 1, 1536, 6144)
@@ -128,7 +107,7 @@ def test_standardize_weight_matches_the_documented_formulas():
 
 def test_bit_checkpoint_round_trip_and_tf_names(tmp_path):
   model = models.get_model('BiT-M-R50x1', num_classes=10)
-  params = random_params(model)
+  params = random_params(model, 64)
   path = tmp_path / 'bit.npz'
   checkpoint.save(params, path)
   with np.load(path) as data:
@@ -149,7 +128,7 @@ def test_bit_checkpoint_round_trip_and_tf_names(tmp_path):
 
 def test_bit_loads_numbered_conv_names_and_4d_groupnorm(tmp_path):
   model = models.get_model('BiT-M-R50x1', num_classes=10, num_layers=(2, 1))
-  params = random_params(model)
+  params = random_params(model, 64)
   plain = tmp_path / 'plain.npz'
   checkpoint.save(params, plain)
   with np.load(plain) as data:
@@ -177,7 +156,7 @@ def test_bit_loads_numbered_conv_names_and_4d_groupnorm(tmp_path):
 
 def test_bit_load_pretrained_resets_head_and_names_mismatches(tmp_path):
   source = models.get_model('BiT-M-R50x1', num_classes=21, num_layers=(1, 1))
-  params = random_params(source)
+  params = random_params(source, 64)
   path = tmp_path / 'bit.npz'
   checkpoint.save(params, path)
 
@@ -202,7 +181,7 @@ def test_bit_logits_match_timm(timm, tmp_path):
   import torch  # pylint: disable=g-import-not-at-top
   model = models.get_model('BiT-M-R50x1', num_classes=10, conv_eps=1e-8)
   images = random_images(2, 64)
-  params = random_params(model)
+  params = random_params(model, 64)
   path = tmp_path / 'bit.npz'
   checkpoint.save(params, path)
   theirs = timm.create_model('resnetv2_50x1_bit', pretrained=False, num_classes=10).eval()
@@ -301,9 +280,9 @@ def test_batchnorm_resnet_eval_logits_match_timm(timm, ours, theirs):
     expected = reference(to_torch_images(images)).numpy()
   model = models.get_model(ours, num_classes=10)
   variables = _timm_resnet_variables(reference)
-  checkpoint.inspect_params(params=variables['params'], expected=param_shapes(model))
+  checkpoint.inspect_params(params=variables['params'], expected=param_shapes(model, 64))
   checkpoint.inspect_params(params=variables['batch_stats'],
-                            expected=param_shapes(model, collection='batch_stats'))
+                            expected=param_shapes(model, 64, 'batch_stats'))
   logits = np.asarray(jax.jit(model.apply)(variables, images))
   assert np.abs(logits).max() > 0.1
   np.testing.assert_allclose(logits, expected, atol=1e-4 * max(1., np.abs(expected).max()),
@@ -313,7 +292,7 @@ def test_batchnorm_resnet_eval_logits_match_timm(timm, ours, theirs):
 def test_cifar_cnn():
   model = models.get_model('CNN-CIFAR', num_classes=10)
   x = jnp.zeros((2, 32, 32, 3))
-  params = random_params(model, size=32)
+  params = random_params(model, 32)
   assert {k: v['kernel'].shape for k, v in params.items()} == {
       'conv1': (3, 3, 3, 32), 'conv2': (3, 3, 32, 64), 'conv3': (3, 3, 64, 128),
       'dense': (4 * 4 * 128, 256), 'head': (256, 10)}

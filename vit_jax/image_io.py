@@ -106,13 +106,19 @@ def normalize(image: np.ndarray, normalization: Normalization = 'minus_one_one')
     return (x - 127.5) / 127.5
   if normalization == 'zero_one':
     return x / 255.
-  if isinstance(normalization, str):
-    if normalization not in MEAN_STD:
-      raise ValueError(f'Unknown normalization {normalization!r}; expected one of '
-                       f'{", ".join(NORMALIZATIONS)} or a (mean, std) pair')
-    normalization = MEAN_STD[normalization]
-  mean, std = (np.asarray(v, np.float32) for v in normalization)
+  mean, std = (np.asarray(v, np.float32) for v in mean_std(normalization))
   return (x / 255. - mean) / std
+
+
+def mean_std(stats: str | tuple[Sequence[float], Sequence[float]],
+             ) -> tuple[Sequence[float], Sequence[float]]:
+  """(mean, std) on the [0, 1] scale of a name of MEAN_STD, or of an explicit pair."""
+  if not isinstance(stats, str):
+    return stats
+  if stats not in MEAN_STD:
+    raise ValueError(f'Unknown mean/std statistics {stats!r}; expected one of '
+                     f'{", ".join(MEAN_STD)} or a (mean, std) pair')
+  return MEAN_STD[stats]
 
 
 def normalization_name(mean: Sequence[float], std: Sequence[float]) -> Normalization:

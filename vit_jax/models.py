@@ -10,7 +10,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax import models_cnn
 from vit_jax import models_resnet
+from vit_jax import models_resnet_v1
 from vit_jax.models_swin import SwinTransformer
 from vit_jax.models_vit import VisionTransformer
 from vit_jax.zoo import MODEL_CONFIGS, MODEL_FAMILIES
@@ -21,8 +23,8 @@ _CLASSES: dict[str, type[nn.Module]] = {
     'vit': VisionTransformer,
     'swin': SwinTransformer,
     'bit': models_resnet.ResNetV2,
-    'resnet': models_resnet.ResNet,
-    'cnn': models_resnet.CifarCNN,
+    'resnet': models_resnet_v1.ResNet,
+    'cnn': models_cnn.CifarCNN,
 }
 
 

@@ -1,16 +1,14 @@
-"""ResNets of the ViT paper family as Flax linen modules.
+"""The weight-standardized ResNets of the ViT paper family as Flax linen modules.
 
 * `hybrid_root_and_stages`: the ResNet stem of the hybrid R+ViT models, built inside
   `VisionTransformer` so that its parameters sit at the top level of the ViT tree, exactly as in
   the released hybrid `.npz` files (post-activation units, TF 'SAME' padding).
 * `ResNetV2`: BiT (Kolesnikov et al. 2020), pre-activation units with weight standardization and
   GroupNorm. `checkpoint` maps the released TF-style `resnet/...` keys onto its parameters.
-* `ResNet`: the classic ResNet-18/34/50 (v1.5, stride on the 3x3 conv) with BatchNorm, whose
-  running statistics live in the `batch_stats` collection.
-* `CifarCNN`: the seeds' 3-block CNN baseline for CIFAR-10.
 
-All take NHWC images and `train=` like `VisionTransformer`; `num_classes=None` returns the pooled
-features. Submodule names are explicit wherever a checkpoint depends on them.
+Both take NHWC images and `train=` like `VisionTransformer`; `num_classes=None` returns the pooled
+features. Submodule names are explicit wherever a checkpoint depends on them. The classic
+BatchNorm ResNet is in `models_resnet_v1`, the CIFAR CNN baseline in `models_cnn`.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from vit_jax.models_vit import _dtype
+from vit_jax import layers
 
 Array = jax.Array
 Dtype = Any
@@ -88,40 +86,6 @@ def _group_norm(epsilon: float, dtype: Dtype, param_dtype: Dtype, **kwargs: Any)
                       use_fast_variance=False, **kwargs)
 
 
-def _check_images(inputs: Array, what: str) -> None:
-  if inputs.ndim != 4:
-    raise ValueError(f'{what} expects NHWC images, got shape {inputs.shape}')
-
-
-def _check_depths(num_layers: Sequence[int], what: str, allow_empty: bool = False) -> None:
-  if (not num_layers and not allow_empty) or any(int(n) < 1 for n in num_layers):
-    raise ValueError(f'{what} needs {"" if allow_empty else "at least one stage and "}at least '
-                     f'one unit per stage, got num_layers={tuple(num_layers)}')
-
-
-class ResNetStage(nn.Module):
-  """`num_units` residual units of one width, of which only the first strides.
-
-  Units are named `unit1`, `unit2`, ... or, with `zero_pad_names`, `unit01`, ... (BiT files).
-  Extra call arguments (BatchNorm's `train`) go to every unit.
-  """
-  unit: Any  # The unit's module class.
-  num_units: int
-  features: int
-  first_stride: tuple[int, int]
-  unit_kwargs: Any = None
-  zero_pad_names: bool = False
-
-  @nn.compact
-  def __call__(self, x: Array, *args: Any) -> Array:
-    kwargs = dict(self.unit_kwargs or {})
-    for u in range(1, self.num_units + 1):
-      name = f'unit{u:02d}' if self.zero_pad_names else f'unit{u}'
-      strides = self.first_stride if u == 1 else (1, 1)
-      x = self.unit(self.features, strides, name=name, **kwargs)(x, *args)
-    return x
-
-
 # ---------------------------------------------------------------------------------------------
 # The hybrid R+ViT stem (vit_jax's original hybrid releases).
 
@@ -180,8 +144,8 @@ def hybrid_root_and_stages(x: Array, *, num_layers: Sequence[int], width_factor:
   Returns:
     The feature map: stride 4 after the root, then x2 per stage after the first.
   """
-  _check_images(x, 'The hybrid ResNet stem')
-  _check_depths(num_layers, 'The hybrid ResNet stem', allow_empty=True)
+  layers.check_images(x, 'The hybrid ResNet stem')
+  layers.check_stage_depths(num_layers, 'The hybrid ResNet stem', allow_empty=True)
   width = int(64 * width_factor)
   conv_kwargs = dict(eps=conv_eps, eps_in_sqrt=conv_eps_in_sqrt, dtype=dtype,
                      param_dtype=param_dtype)
@@ -193,8 +157,9 @@ def hybrid_root_and_stages(x: Array, *, num_layers: Sequence[int], width_factor:
   unit_kwargs = dict(conv_eps=conv_eps, conv_eps_in_sqrt=conv_eps_in_sqrt, gn_eps=gn_eps,
                      dtype=dtype, param_dtype=param_dtype)
   for s, num_units in enumerate(num_layers, start=1):
-    x = ResNetStage(HybridUnit, int(num_units), width * 2**(s - 1),
-                    (1, 1) if s == 1 else (2, 2), unit_kwargs=unit_kwargs, name=f'block{s}')(x)
+    x = layers.ResNetStage(HybridUnit, int(num_units), width * 2**(s - 1),
+                           (1, 1) if s == 1 else (2, 2), unit_kwargs=unit_kwargs,
+                           name=f'block{s}')(x)
   return x
 
 
@@ -264,9 +229,9 @@ class ResNetV2(nn.Module):
   @nn.compact
   def __call__(self, inputs: Array, *, train: bool = False) -> Array:
     del train  # No dropout or batch statistics; kept for the zoo's common signature.
-    _check_images(inputs, 'ResNetV2')
-    _check_depths(self.num_layers, 'ResNetV2')
-    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
+    layers.check_images(inputs, 'ResNetV2')
+    layers.check_stage_depths(self.num_layers, 'ResNetV2')
+    dtype, param_dtype = layers.as_dtype(self.dtype), layers.as_dtype(self.param_dtype)
     width = int(64 * self.width_factor)
     x = inputs.astype(dtype)
 
@@ -281,9 +246,9 @@ class ResNetV2(nn.Module):
     unit_kwargs = dict(conv_eps=self.conv_eps, gn_eps=self.gn_eps, dtype=dtype,
                        param_dtype=param_dtype)
     for s, num_units in enumerate(self.num_layers, start=1):
-      x = ResNetStage(PreActUnit, int(num_units), width * 2**(s - 1),
-                      (1, 1) if s == 1 else (2, 2), unit_kwargs=unit_kwargs,
-                      zero_pad_names=True, name=f'block{s}')(x)
+      x = layers.ResNetStage(PreActUnit, int(num_units), width * 2**(s - 1),
+                             (1, 1) if s == 1 else (2, 2), unit_kwargs=unit_kwargs,
+                             zero_pad_names=True, name=f'block{s}')(x)
 
     x = nn.relu(_group_norm(self.gn_eps, dtype, param_dtype, name='gn_pre_head')(x))
     x = jnp.mean(x, axis=(1, 2))
@@ -292,148 +257,4 @@ class ResNetV2(nn.Module):
     kernel_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
     x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init,
                  name='head')(x)
-    return x.astype(jnp.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Classic ResNet v1.5 with BatchNorm, and the seeds' CIFAR CNN.
-
-
-# torchvision's initialisation for ReLU networks (He et al. 2015, fan-out).
-_HE_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-
-
-class ResNetUnit(nn.Module):
-  """Post-activation residual unit with BatchNorm: basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1).
-
-  v1.5: a bottleneck strides on its 3x3 conv. Paddings are symmetric (k // 2), as in torchvision.
-  The last BatchNorm starts at scale zero (Goyal et al. 2017), so each unit starts as identity.
-  """
-  features: int
-  strides: tuple[int, int] = (1, 1)
-  bottleneck: bool = False
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    def conv(features, size, strides=(1, 1), **kw):
-      return nn.Conv(features, (size, size), strides, padding=[(size // 2, size // 2)] * 2,
-                     use_bias=False, kernel_init=_HE_FAN_OUT, dtype=self.dtype,
-                     param_dtype=self.param_dtype, **kw)
-    # No axis_name: under jit with sharded inputs the batch mean is already global over devices.
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    out = self.features * (4 if self.bottleneck else 1)
-
-    residual = x
-    if x.shape[-1] != out or tuple(self.strides) != (1, 1):
-      residual = norm(name='bn_proj')(conv(out, 1, self.strides, name='conv_proj')(x))
-
-    if self.bottleneck:
-      y = nn.relu(norm(name='bn1')(conv(self.features, 1, name='conv1')(x)))
-      y = nn.relu(norm(name='bn2')(conv(self.features, 3, self.strides, name='conv2')(y)))
-      y = norm(name='bn3', scale_init=nn.initializers.zeros)(conv(out, 1, name='conv3')(y))
-    else:
-      y = nn.relu(norm(name='bn1')(conv(self.features, 3, self.strides, name='conv1')(x)))
-      y = norm(name='bn2', scale_init=nn.initializers.zeros)(conv(out, 3, name='conv2')(y))
-    return nn.relu(residual + y)
-
-
-class ResNet(nn.Module):
-  """ResNet-18/34/50 (He et al. 2016; v1.5) with BatchNorm; running stats in `batch_stats`.
-
-  Train with `model.apply(variables, x, train=True, mutable=['batch_stats'])`; evaluation
-  (`train=False`) normalises with the running statistics.
-
-  Attributes:
-    num_classes: head size; None returns the globally pooled features.
-    num_layers: units per stage: (2, 2, 2, 2) ResNet-18, (3, 4, 6, 3) ResNet-34 and -50.
-    bottleneck: bottleneck units (ResNet-50 and deeper) instead of basic ones.
-    width: width of the root and of the first stage; doubles per stage.
-    bn_momentum: running-average decay (torch's momentum 0.1 is 0.9 here).
-    bn_eps: BatchNorm epsilon.
-    dtype: compute dtype (e.g. 'bfloat16').
-    param_dtype: parameter dtype.
-    model_name: zoo name, informational.
-  """
-  num_classes: Optional[int]
-  num_layers: Sequence[int] = (2, 2, 2, 2)
-  bottleneck: bool = False
-  width: int = 64
-  bn_momentum: float = 0.9
-  bn_eps: float = 1e-5
-  dtype: Any = 'float32'
-  param_dtype: Any = 'float32'
-  model_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, inputs: Array, *, train: bool = False) -> Array:
-    _check_images(inputs, 'ResNet')
-    _check_depths(self.num_layers, 'ResNet')
-    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
-    x = inputs.astype(dtype)
-    x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                kernel_init=_HE_FAN_OUT, dtype=dtype, param_dtype=param_dtype,
-                name='conv_root')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_eps, dtype=dtype, param_dtype=param_dtype,
-                     name='bn_root')(x)
-    x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1), (1, 1)])  # -inf padding.
-
-    unit_kwargs = dict(bottleneck=self.bottleneck, bn_momentum=self.bn_momentum,
-                       bn_eps=self.bn_eps, dtype=dtype, param_dtype=param_dtype)
-    for s, num_units in enumerate(self.num_layers, start=1):
-      x = ResNetStage(ResNetUnit, int(num_units), self.width * 2**(s - 1),
-                      (1, 1) if s == 1 else (2, 2), unit_kwargs=unit_kwargs,
-                      name=f'block{s}')(x, train)
-
-    x = jnp.mean(x, axis=(1, 2))
-    if self.num_classes is None:
-      return x
-    x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head')(x)
-    return x.astype(jnp.float32)
-
-
-class CifarCNN(nn.Module):
-  """The seeds' CIFAR-10 baseline: (3x3 conv, ReLU, 2x2 max-pool) per width, then two Dense.
-
-  Attributes:
-    num_classes: head size; None returns the hidden Dense features.
-    channels: conv widths, one block each.
-    hidden_size: width of the Dense layer before the head.
-    dtype: compute dtype.
-    param_dtype: parameter dtype.
-    model_name: zoo name, informational.
-  """
-  num_classes: Optional[int]
-  channels: Sequence[int] = (32, 64, 128)
-  hidden_size: int = 256
-  dtype: Any = 'float32'
-  param_dtype: Any = 'float32'
-  model_name: Optional[str] = None
-
-  @nn.compact
-  def __call__(self, inputs: Array, *, train: bool = False) -> Array:
-    del train  # No dropout or batch statistics.
-    _check_images(inputs, 'CifarCNN')
-    if inputs.shape[1] % 2**len(self.channels) or inputs.shape[2] % 2**len(self.channels):
-      raise ValueError(f'CifarCNN halves the image {len(self.channels)} times; '
-                       f'{inputs.shape[1:3]} is not divisible by {2**len(self.channels)}')
-    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
-    x = inputs.astype(dtype)
-    for i, features in enumerate(self.channels, start=1):
-      x = nn.Conv(features, (3, 3), padding='SAME', dtype=dtype, param_dtype=param_dtype,
-                  name=f'conv{i}')(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
-    x = jnp.reshape(x, (x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                         name='dense')(x))
-    if self.num_classes is None:
-      return x
-    x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head')(x)
     return x.astype(jnp.float32)

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.models_vit import DropPath
-from vit_jax.models_vit import _dtype
+from vit_jax import layers
 
 Array = jax.Array
 Dtype = Any
@@ -128,29 +127,10 @@ def shifted_window_mask(resolution: Window, window: Window, shift: Window) -> np
   return np.where(different, _MASK_VALUE, 0.).astype(np.float32)
 
 
-class Mlp(nn.Module):
-  """Dense → exact GELU → Dropout → Dense → Dropout."""
-  hidden_dim: int
-  dropout_rate: float = 0.
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=_dense_init)
-    out_dim = x.shape[-1]
-    x = dense(self.hidden_dim, name='fc1')(x)
-    x = nn.gelu(x, approximate=False)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    x = dense(out_dim, name='fc2')(x)
-    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-
-
 class WindowAttention(nn.Module):
   """Multi-head self-attention inside windows, with a learned relative position bias.
 
-  Attention is written out rather than going through `models_vit.attention_fn`: the bias differs
+  Attention is written out rather than going through `layers.attention_fn`: the bias differs
   per window and head, and the fused kernel would need it materialised for every image of the
   batch, while here XLA fuses the broadcast into the softmax. Windows are tiny (N = 49 at 224 px),
   so a fused kernel has little to gain.
@@ -232,12 +212,15 @@ class SwinBlock(nn.Module):
     y = window_merge(y, window, (h, w))
     if any(shift):
       y = jnp.roll(y, shift, axis=(1, 2))
-    x = x + DropPath()(y, self.stochastic_depth, deterministic)
+    x = x + layers.DropPath()(y, self.stochastic_depth, deterministic)
 
     y = norm(name='norm2')(x)
-    y = Mlp(hidden_dim=int(c * self.mlp_ratio), dropout_rate=self.dropout_rate, dtype=self.dtype,
-            param_dtype=self.param_dtype, name='mlp')(y, deterministic=deterministic)
-    return x + DropPath()(y, self.stochastic_depth, deterministic)
+    y = layers.MlpBlock(
+        mlp_dim=int(c * self.mlp_ratio), dropout_rate=self.dropout_rate, gelu_approximate=False,
+        kernel_init=_dense_init, bias_init=nn.initializers.zeros, dense_names=('fc1', 'fc2'),
+        dtype=self.dtype, param_dtype=self.param_dtype, name='mlp')(
+            y, deterministic=deterministic)
+    return x + layers.DropPath()(y, self.stochastic_depth, deterministic)
 
 
 class PatchMerging(nn.Module):
@@ -348,9 +331,8 @@ class SwinTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, *, train: bool = False) -> Array:
-    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
-    if inputs.ndim != 4:
-      raise ValueError(f'SwinTransformer expects NHWC images, got shape {inputs.shape}')
+    dtype, param_dtype = layers.as_dtype(self.dtype), layers.as_dtype(self.param_dtype)
+    layers.check_images(inputs, 'SwinTransformer')
     if len(self.depths) != len(self.num_heads):
       raise ValueError(f'depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} '
                        'must have one entry per stage')

@@ -2,7 +2,8 @@
 
 Submodule names follow the released `.npz` checkpoints of the original library, which were written
 with pre-linen numbering (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`,
-`MlpBlock_3`), so that a checkpoint's flat keys are exactly our parameter paths.
+`MlpBlock_3`), so that a checkpoint's flat keys are exactly our parameter paths. The layers
+shared with the other families (MLP block, drop path, attention function) are in `layers`.
 """
 
 from __future__ import annotations
@@ -15,71 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import layers
+from vit_jax import models_resnet
+
 Array = jax.Array
 Dtype = Any
-
-
-def _dtype(name_or_dtype: Any) -> Any:
-  """Lets configs spell dtypes as strings ('bfloat16') so ConfigDicts stay serialisable."""
-  return jnp.dtype(name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
-
-
-def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
-                 mask: Optional[Array] = None, broadcast_dropout: bool = True,
-                 dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
-                 deterministic: bool = False, dtype: Optional[Dtype] = None,
-                 precision: Any = None, module: Optional[nn.Module] = None) -> Array:
-  """Scaled dot-product attention that uses the fused kernel whenever it can.
-
-  `jax.nn.dot_product_attention` picks cuDNN flash attention on GPUs; it has neither attention
-  dropout nor a way to return the weights, so those two cases (training with attention dropout,
-  and `sow_weights=True` for attention maps) take flax's explicit softmax path.
-  """
-  if module is not None or (dropout_rate > 0. and not deterministic):
-    return nn.dot_product_attention(
-        query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
-        dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
-        dtype=dtype, precision=precision, module=module)
-  if dtype is not None:
-    query, key, value = (t.astype(dtype) for t in (query, key, value))
-  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: drops the whole residual branch per example.
-
-  The rate is a call argument so that a scanned encoder can feed each layer its own (traced) rate.
-  """
-
-  @nn.compact
-  def __call__(self, x: Array, rate: float | Array, deterministic: bool) -> Array:
-    if deterministic or (isinstance(rate, (int, float)) and rate == 0.):
-      return x
-    keep = 1. - rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-class MlpBlock(nn.Module):
-  """Transformer MLP: Dense → GELU → Dropout → Dense → Dropout."""
-  mlp_dim: int
-  dropout_rate: float = 0.
-  gelu_approximate: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool) -> Array:
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.xavier_uniform(),
-                              bias_init=nn.initializers.normal(stddev=1e-6))
-    out_dim = x.shape[-1]
-    x = dense(self.mlp_dim, name='Dense_0')(x)
-    x = nn.gelu(x, approximate=self.gelu_approximate)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-    x = dense(out_dim, name='Dense_1')(x)
-    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
 class LayerScale(nn.Module):
@@ -107,8 +48,8 @@ class QKNormAttention(nn.Module):
   def __call__(self, query: Array, key: Array, value: Array, **kwargs) -> Array:
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=query.dtype,
                              param_dtype=self.param_dtype)
-    return attention_fn(norm(name='query_norm')(query), norm(name='key_norm')(key), value,
-                        **kwargs)
+    return layers.attention_fn(norm(name='query_norm')(query), norm(name='key_norm')(key),
+                               value, **kwargs)
 
 
 class Encoder1DBlock(nn.Module):
@@ -135,7 +76,7 @@ class Encoder1DBlock(nn.Module):
                              param_dtype=self.param_dtype)
     y = norm(name='LayerNorm_0')(x)
     attend = (QKNormAttention(param_dtype=self.param_dtype, name='qk_norm') if self.qk_norm
-              else attention_fn)
+              else layers.attention_fn)
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
@@ -146,15 +87,16 @@ class Encoder1DBlock(nn.Module):
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
     if self.init_values is not None:
       y = LayerScale(self.init_values, param_dtype=self.param_dtype, name='ls1')(y)
-    x = x + DropPath()(y, rate, deterministic)
+    x = x + layers.DropPath()(y, rate, deterministic)
 
     y = norm(name='LayerNorm_2')(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                 gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='MlpBlock_3')(y, deterministic=deterministic)
+    y = layers.MlpBlock(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                        gelu_approximate=self.gelu_approximate, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name='MlpBlock_3')(
+                            y, deterministic=deterministic)
     if self.init_values is not None:
       y = LayerScale(self.init_values, param_dtype=self.param_dtype, name='ls2')(y)
-    x = x + DropPath()(y, rate, deterministic)
+    x = x + layers.DropPath()(y, rate, deterministic)
     # Names the activation axes for sharding rules (vit_jax.sharding.activation_rules); a no-op
     # when no rules are active.
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
@@ -281,13 +223,13 @@ class MAPHead(nn.Module):
     probe = jnp.tile(probe, [n, 1, 1]).astype(self.dtype)
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), attention_fn=attention_fn,
+        kernel_init=nn.initializers.xavier_uniform(), attention_fn=layers.attention_fn,
         name='MultiHeadDotProductAttention_0')(probe, x, sow_weights=self.sow_weights)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='LayerNorm_0')(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
-                     dtype=self.dtype, param_dtype=self.param_dtype,
-                     name='MlpBlock_0')(y, deterministic=True)
+    x = x + layers.MlpBlock(mlp_dim=self.mlp_dim, gelu_approximate=self.gelu_approximate,
+                            dtype=self.dtype, param_dtype=self.param_dtype,
+                            name='MlpBlock_0')(y, deterministic=True)
     return x[:, 0]
 
 
@@ -336,13 +278,11 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Array, *, train: bool = False) -> Array:
-    dtype, param_dtype = _dtype(self.dtype), _dtype(self.param_dtype)
-    if inputs.ndim != 4:
-      raise ValueError(f'VisionTransformer expects NHWC images, got shape {inputs.shape}')
+    dtype, param_dtype = layers.as_dtype(self.dtype), layers.as_dtype(self.param_dtype)
+    layers.check_images(inputs, 'VisionTransformer')
     x = inputs.astype(dtype)
 
     if self.resnet is not None:
-      from vit_jax import models_resnet  # pylint: disable=g-import-not-at-top
       x = models_resnet.hybrid_root_and_stages(x, dtype=dtype, param_dtype=param_dtype,
                                                **self.resnet)
 

@@ -21,9 +21,6 @@ from vit_jax import image_io
 Op = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 _OPS: dict[str, Callable[..., Op]] = {}
 
-MEAN_STD = image_io.MEAN_STD  # Pixel statistics on the [0, 1] scale, by name.
-
-
 def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
   """Registers an op factory under `name` (the name used in config strings)."""
   def wrap(factory):
@@ -84,12 +81,7 @@ def pixel_normalization(spec: str) -> image_io.Normalization:
     elif name == 'normalize':
       bound = inspect.signature(normalize).bind(*args, **kwargs)
       bound.apply_defaults()
-      stats = bound.arguments['stats']
-      if isinstance(stats, str):
-        if stats not in MEAN_STD:
-          raise ValueError(f'Unknown normalisation {stats!r}; known: {sorted(MEAN_STD)}')
-        stats = MEAN_STD[stats]
-      mean, std = stats
+      mean, std = image_io.mean_std(bound.arguments['stats'])
   return image_io.normalization_name(mean, std)
 
 
@@ -177,12 +169,8 @@ def value_range(vmin: float = -1, vmax: float = 1) -> Op:
 
 @register('normalize')
 def normalize(stats: str | tuple[tuple[float, ...], tuple[float, ...]] = 'imagenet') -> Op:
-  """(pixel/255 - mean) / std, with `stats` a name of MEAN_STD or (mean, std)."""
-  if isinstance(stats, str):
-    if stats not in MEAN_STD:
-      raise ValueError(f'Unknown normalisation {stats!r}; known: {sorted(MEAN_STD)}')
-    stats = MEAN_STD[stats]
-  mean, std = (tf.constant(v, tf.float32) for v in stats)
+  """(pixel/255 - mean) / std, with `stats` a name of `image_io.MEAN_STD` or (mean, std)."""
+  mean, std = (tf.constant(v, tf.float32) for v in image_io.mean_std(stats))
   return lambda image, seed: (tf.cast(image, tf.float32) / 255. - mean) / std
 
 

@@ -1,0 +1,126 @@
+"""Layers and helpers shared by the model families (ViT, hybrids, BiT, ResNet, CNN, Swin).
+
+Model modules import from here and never from each other, except the hybrid ViT, which builds
+its ResNet stem with `models_resnet`. Submodule names that checkpoints depend on are set by the
+callers (`MlpBlock.dense_names`, `ResNetStage`'s unit names), so parameter trees are exactly
+those of the released files.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+
+def as_dtype(name_or_dtype: Any) -> Any:
+  """Lets configs spell dtypes as strings ('bfloat16') so ConfigDicts stay serialisable."""
+  return jnp.dtype(name_or_dtype) if isinstance(name_or_dtype, str) else name_or_dtype
+
+
+def check_images(inputs: Array, what: str) -> None:
+  """Raises unless `inputs` is a batch of NHWC images; `what` names the model in the message."""
+  if inputs.ndim != 4:
+    raise ValueError(f'{what} expects NHWC images, got shape {inputs.shape}')
+
+
+def check_stage_depths(num_layers: Sequence[int], what: str, allow_empty: bool = False) -> None:
+  """Raises unless every ResNet stage has a unit and, unless `allow_empty`, there is a stage."""
+  if (not num_layers and not allow_empty) or any(int(n) < 1 for n in num_layers):
+    raise ValueError(f'{what} needs {"" if allow_empty else "at least one stage and "}at least '
+                     f'one unit per stage, got num_layers={tuple(num_layers)}')
+
+
+def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
+                 mask: Optional[Array] = None, broadcast_dropout: bool = True,
+                 dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
+                 deterministic: bool = False, dtype: Optional[Dtype] = None,
+                 precision: Any = None, module: Optional[nn.Module] = None) -> Array:
+  """Scaled dot-product attention that uses the fused kernel whenever it can.
+
+  `jax.nn.dot_product_attention` picks cuDNN flash attention on GPUs; it has neither attention
+  dropout nor a way to return the weights, so those two cases (training with attention dropout,
+  and `sow_weights=True` for attention maps) take flax's explicit softmax path.
+  """
+  if module is not None or (dropout_rate > 0. and not deterministic):
+    return nn.dot_product_attention(
+        query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
+        dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
+        dtype=dtype, precision=precision, module=module)
+  if dtype is not None:
+    query, key, value = (t.astype(dtype) for t in (query, key, value))
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per example.
+
+  The rate is a call argument so that a scanned encoder can feed each layer its own (traced) rate.
+  """
+
+  @nn.compact
+  def __call__(self, x: Array, rate: float | Array, deterministic: bool) -> Array:
+    if deterministic or (isinstance(rate, (int, float)) and rate == 0.):
+      return x
+    keep = 1. - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense → GELU → Dropout → Dense → Dropout.
+
+  The defaults are ViT's (tanh-approximated GELU, `Dense_0`/`Dense_1` as in the original `.npz`
+  files); Swin uses exact GELU, truncated-normal kernels, zero biases and timm's `fc1`/`fc2`.
+  """
+  mlp_dim: int
+  dropout_rate: float = 0.
+  gelu_approximate: bool = True
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+  dense_names: tuple[str, str] = ('Dense_0', 'Dense_1')
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool) -> Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=self.kernel_init, bias_init=self.bias_init)
+    hidden_name, out_name = self.dense_names
+    out_dim = x.shape[-1]
+    x = dense(self.mlp_dim, name=hidden_name)(x)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(out_dim, name=out_name)(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class ResNetStage(nn.Module):
+  """`num_units` residual units of one width, of which only the first strides.
+
+  Units are named `unit1`, `unit2`, ... or, with `zero_pad_names`, `unit01`, ... (BiT files).
+  Extra call arguments (BatchNorm's `train`) go to every unit.
+  """
+  unit: Any  # The unit's module class.
+  num_units: int
+  features: int
+  first_stride: tuple[int, int]
+  unit_kwargs: Any = None
+  zero_pad_names: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, *args: Any) -> Array:
+    kwargs = dict(self.unit_kwargs or {})
+    for u in range(1, self.num_units + 1):
+      name = f'unit{u:02d}' if self.zero_pad_names else f'unit{u}'
+      strides = self.first_stride if u == 1 else (1, 1)
+      x = self.unit(self.features, strides, name=name, **kwargs)(x, *args)
+    return x
