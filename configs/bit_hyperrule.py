@@ -19,6 +19,7 @@ No gradient clipping: BiT-HyperRule has none. Not run here (no accelerator, no B
 import ml_collections
 
 from vit_jax import base_config
+from vit_jax import config_args
 
 # dataset: (train split, eval split, training examples, image side smaller than 96 px).
 PRESETS = {
@@ -44,11 +45,8 @@ def hyperrule(num_examples: int, small_images: bool) -> dict:
 
 
 def get_config(arg: str = 'BiT-M-R50x1,cifar10'):
-  """`arg` is 'MODEL,DATASET'."""
-  try:
-    model_name, dataset = arg.split(',')
-  except ValueError:
-    raise ValueError(f"configs/bit_hyperrule.py takes 'MODEL,DATASET', got {arg!r}") from None
+  args = config_args.parse_arg(arg, model=str, dataset=str)
+  model_name, dataset = args.model, args.dataset
   if not model_name.startswith('BiT-'):
     raise ValueError(f'BiT-HyperRule fine-tunes BiT models (BiT-M-R50x1, ...), got {model_name!r}')
   if dataset not in PRESETS:

@@ -6,19 +6,19 @@ batch 128, 50 epochs, random crop 32 with padding 4 + horizontal flip, CIFAR mea
   python -m vit_jax.main --config=configs/cifar10_scratch.py --workdir=/tmp/cifar10_vit
   python -m vit_jax.main --config=configs/cifar10_scratch.py:quick --workdir=/tmp/quick
 
-Argument `quick`: the README's main job, a short schedule for a 2-core CPU.
-Measured (2-core CPU, jax 0.10.2):
-  quick: 53.8% top-1 / 94.5% top-5 on all 10,000 test images after 1,000 steps (244 img/s once
-    warm; 11 min 43 s end to end with another job on the CPU).
-  full (50 epochs): expected 82-85% test accuracy (the seeds' report); not run here.
+Argument `quick`: the README's main job, a short schedule (1,000 steps) for a CPU.
+Expected:
+  quick: 53.8% top-1 / 94.5% top-5 on all 10,000 test images (measured; its time is in the
+    README's quick start);
+  full (50 epochs): 82-85% test accuracy (the seeds' report); not run here.
 """
 
 from vit_jax import base_config
+from vit_jax import config_args
 
 
 def get_config(arg: str = ''):
-  if arg not in ('', 'quick'):
-    raise ValueError(f"Unknown argument {arg!r}; expected '' or 'quick'")
-  config = base_config.seeds_cifar10(base_config.get_config(), quick=arg == 'quick')
+  args = config_args.parse_arg(arg, quick=False)
+  config = base_config.seeds_cifar10(base_config.get_config(), quick=args.quick)
   config.model_name = 'ViT-CIFAR_4'
   return config

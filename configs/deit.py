@@ -8,17 +8,18 @@ a CNN teacher through the `dist` token (DeiT-B: 83.4% distilled vs 81.8% without
   python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
       --config.distillation.teacher_path=teacher.npz
 
-CIFAR-10 demonstration on a 2-core CPU, one command per step (the seeds' small ViT, quick
-schedule, with and without distillation from the seeds' CNN trained first):
+CIFAR-10 demonstration, one command per step (the seeds' small ViT, quick schedule, with and
+without distillation from the seeds' CNN trained first):
 
   python -m vit_jax.main --config=configs/cifar10_cnn.py:quick --workdir=workdir/teacher
   python -m vit_jax.main --config=configs/deit.py:cifar10 --workdir=workdir/student \
       --config.distillation.teacher_path=workdir/teacher/model.npz
   python -m vit_jax.main --config=configs/cifar10_scratch.py:quick --workdir=workdir/plain
 
-Measured here (2-core CPU, 1000 steps of batch 128 each, top-1 on all 10,000 test images):
-  teacher, the seeds' CNN (cifar10_cnn.py:quick)              65.2%   (4.5 min)
-  student ViT-CIFAR_4 with hard distillation (deit.py:cifar10)  55.4%   (16.7 min, CPU shared)
+Expected (measured, 1000 steps of batch 128 each, top-1 on all 10,000 test images; times in
+BENCHMARKS.md):
+  teacher, the seeds' CNN (cifar10_cnn.py:quick)              65.2%
+  student ViT-CIFAR_4 with hard distillation (deit.py:cifar10)  55.4%
   the same ViT without distillation (cifar10_scratch.py:quick) 53.6%
 Distillation from a CNN that beats it lifts the small ViT by 1.8 points on this short schedule:
 the inductive bias of the convolutional teacher reaches the student through the dist token.
@@ -27,23 +28,26 @@ the inductive bias of the convolutional teacher reaches the student through the 
 import ml_collections
 
 from vit_jax import base_config
+from vit_jax import config_args
 
 
 def get_config(arg: str = 'ViT-B_16'):
+  """`arg`: a ViT zoo name (ImageNet-1k), or `cifar10` (the demonstration)."""
+  args = config_args.parse_arg(arg, model='ViT-B_16', cifar10=False)
   config = base_config.get_config()
   config.distillation = ml_collections.ConfigDict(dict(
       teacher_model='BiT-M-R50x1', teacher_path='', teacher_overrides={}, kind='hard',
       alpha=0.5, temperature=1.0))
-  if arg == 'cifar10':
+  if args.cifar10:
     base_config.seeds_cifar10(config, quick=True)
     config.model_name = 'ViT-CIFAR_4'
     config.model = {'distilled': True}
     config.distillation.teacher_model = 'CNN-CIFAR'
     return config
-  if not arg.startswith('ViT-'):
-    raise ValueError(f"Unknown argument {arg!r}; expected a ViT zoo name or 'cifar10'")
+  if not args.model.startswith('ViT-'):
+    raise ValueError(f"Unknown argument {args.model!r}; expected a ViT zoo name or 'cifar10'")
 
-  config.model_name = arg
+  config.model_name = args.model
   config.model = {'distilled': True, 'head_zero_init': False,
                   'transformer': {'dropout_rate': 0.0, 'stochastic_depth': 0.1}}
   base_config.timm_imagenet_recipe(config, warmup_epochs=5)

@@ -23,13 +23,12 @@ one); both draw from the same distributions of magnitudes and Beta(0.2, 0.2) rat
 import ml_collections
 
 from vit_jax import base_config
+from vit_jax import config_args
 
 
 def get_config(arg: str = 'ViT-B_16,imagenet21k'):
-  parts = arg.split(',')
-  if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != 'bv'):
-    raise ValueError(f"configs/pretrain.py takes 'MODEL,DATASET[,bv]', got {arg!r}")
-  model_name, dataset = parts[:2]
+  args = config_args.parse_arg(arg, model=str, dataset=str, bv=False)
+  model_name, dataset = args.model, args.dataset
 
   config = base_config.get_config()
   config.model_name = model_name
@@ -63,7 +62,7 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
   config.eval_every = 5000
   config.checkpoint_every = 5000
 
-  if len(parts) == 3:  # big_vision's configs/vit_s16_i1k.py (76.5% for S/16).
+  if args.bv:  # big_vision's configs/vit_s16_i1k.py (76.5% for S/16).
     config.dataset = 'imagenet2012'
     config.train_split = 'train[:99%]'
     config.eval_split = 'train[99%:]'  # big_vision's minival.

@@ -4,7 +4,7 @@ ImageNet-1k (Liu et al. 2021, official config; recipes.md): AdamW β 0.9/0.999, 
 decay 0.05 on kernels only (none on biases, LayerNorms and relative position bias tables), batch
 1024, lr 5e-4 × batch/512, 300 epochs with 20 of warmup then cosine, global-norm clip 5, label
 smoothing 0.1, drop path 0.2 / 0.3 / 0.5 (T / S / B), RandAugment rand-m9-mstd0.5-inc1, mixup 0.8
-/ cutmix 1.0 (switch 0.5), random erasing 0.25 ('pixel'). Swin-T reaches 81.2-81.4% top-1.
+/ cutmix 1.0 (switch 0.5), random erasing 0.25 ('pixel'). Expected: Swin-T 81.2-81.4% top-1 (published).
 
   python -m vit_jax.main --config=configs/swin.py:Swin-T --workdir=/tmp/swin_t
   python -m vit_jax.main --config=configs/swin.py:cifar10 --workdir=/tmp/swin_cifar
@@ -22,23 +22,26 @@ Not run here (no accelerator, no ImageNet on this machine).
 import ml_collections
 
 from vit_jax import base_config
+from vit_jax import config_args
 
 DROP_PATH = {'Swin-T': 0.2, 'Swin-S': 0.3, 'Swin-B': 0.5}
 
 
 def get_config(arg: str = 'Swin-T'):
+  """`arg`: Swin-T, Swin-S or Swin-B (ImageNet-1k), or `cifar10`."""
+  args = config_args.parse_arg(arg, model='Swin-T', cifar10=False)
   config = base_config.get_config()
-  if arg in DROP_PATH:
-    config.model_name = arg
-    config.model = {'stochastic_depth': DROP_PATH[arg]}
+  if not args.cifar10:
+    if args.model not in DROP_PATH:
+      raise ValueError(f"Unknown argument {args.model!r}; expected one of {sorted(DROP_PATH)} or "
+                       "'cifar10'")
+    config.model_name = args.model
+    config.model = {'stochastic_depth': DROP_PATH[args.model]}
     # Our Swin's only decayed parameters are Dense/Conv kernels: biases, LayerNorm scales and the
     # relative position bias tables are left alone, as in the official `no_weight_decay` lists.
     base_config.timm_imagenet_recipe(config, warmup_epochs=20)
     config.grad_clip_norm = 5.0
     return config
-  if arg != 'cifar10':
-    raise ValueError(f"Unknown argument {arg!r}; expected one of {sorted(DROP_PATH)} or "
-                     "'cifar10'")
   base_config.seeds_cifar10(config, quick=False)  # Data, batch 128, AdamW wd 0.05, logging.
   config.model_name = 'Swin-T'
   config.model = dict(patch_size=2, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),

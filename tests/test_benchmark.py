@@ -1,4 +1,5 @@
-"""scripts/benchmark.py on a tiny zoo model: the tables it writes, its FLOP count, its imports."""
+"""scripts/benchmark.py (over vit_jax.benchmarking) on a tiny zoo model: the tables it writes,
+its FLOP count, its imports."""
 
 import os
 import re
@@ -7,10 +8,9 @@ import sys
 
 import ml_collections
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from vit_jax.benchmarking import flops
 
-import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_analytic_vit_flops_of_the_paper_models():
@@ -18,26 +18,28 @@ def test_analytic_vit_flops_of_the_paper_models():
   config = ml_collections.ConfigDict(dict(
       patches={'size': (16, 16)}, hidden_size=768, classifier='token',
       representation_size=None, transformer={'mlp_dim': 3072, 'num_layers': 12}))
-  flops = benchmark.vit_forward_flops(config, 1000, 224)
-  assert abs(flops / 2 / 1e9 - 17.6) < 0.05
-  assert benchmark.vit_forward_flops(ml_collections.ConfigDict({'embed_dim': 96}), 1000,
-                                     224) is None  # Not a ViT: no analytic count.
+  count = flops.vit_forward_flops(config, 1000, 224)
+  assert abs(count / 2 / 1e9 - 17.6) < 0.05
+  assert flops.vit_forward_flops(ml_collections.ConfigDict({'embed_dim': 96}), 1000,
+                                 224) is None  # Not a ViT: no analytic count.
 
 
 def test_peak_table_matches_device_kinds():
   class Device:
     platform, device_kind = 'gpu', 'NVIDIA H100 80GB HBM3'
-  assert benchmark.peak_flops(Device()) == 989e12
+  assert flops.peak_flops(Device()) == 989e12
   Device.device_kind = 'NVIDIA H100 PCIe'
-  assert benchmark.peak_flops(Device()) == 756e12
+  assert flops.peak_flops(Device()) == 756e12
   Device.platform, Device.device_kind = 'cpu', 'cpu'
-  assert benchmark.peak_flops(Device()) is None
+  assert flops.peak_flops(Device()) is None
 
 
 def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
   output = tmp_path / 'bench.md'
   code = (
       'import runpy, sys\n'
+      'import vit_jax.benchmarking.memory, vit_jax.benchmarking.resume\n'
+      'import vit_jax.benchmarking.timm_side\n'
       'bench = runpy.run_path("scripts/benchmark.py", run_name="benchmark")\n'
       f'bench["run"](bench["parse_args"](["--models=ViT-CIFAR_4", "--resolution=32", '
       f'"--batch=2", "--iterations=2", "--warmup=1", "--attention-cost", '

@@ -1,4 +1,5 @@
-"""Every experiment config in configs/ loads, names a real model, and builds its train state."""
+"""Every experiment config in configs/ loads, names a real model, and builds its train state;
+the parser of their `FILE.py:ARGS` strings."""
 
 import glob
 import os
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from helpers import REPO, load_config
+from vit_jax import config_args
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import step
@@ -51,3 +53,47 @@ def test_bad_config_arguments_are_rejected():
     load_config('finetune.py', 'ViT-B_16,mnist')
   with pytest.raises(ValueError, match="takes 'MODEL,DATASET'"):
     load_config('finetune.py', 'ViT-B_16')
+
+
+# ---------------------------------------------------------------------------------------------
+# The `FILE.py:ARGS` parser every config uses.
+
+
+def test_positional_arguments_fill_non_flags_in_order_and_bare_flag_names_set_true():
+  args = config_args.parse_arg('ViT-S_16,imagenet2012,bv', model=str, dataset=str, bv=False)
+  assert (args.model, args.dataset, args.bv) == ('ViT-S_16', 'imagenet2012', True)
+  args = config_args.parse_arg('', model='Swin-T', cifar10=False)
+  assert (args.model, args.cifar10) == ('Swin-T', False)
+  assert config_args.parse_arg('cifar10', model='Swin-T', cifar10=False).cifar10
+
+
+def test_key_value_arguments_take_the_type_of_their_default():
+  args = config_args.parse_arg('steps=5, lr=1e-2,quick=no,name=x', steps=1, lr=1., quick=True,
+                               name='a')
+  assert args.to_dict() == {'steps': 5, 'lr': 0.01, 'quick': False, 'name': 'x'}
+  assert isinstance(args.steps, int) and isinstance(args.lr, float)
+  args = config_args.parse_arg('B,dataset=cifar100', model=str, dataset=str)
+  assert (args.model, args.dataset) == ('B', 'cifar100')
+
+
+@pytest.mark.parametrize('arg,match', [
+    ('ViT-B_16,cifar10,size=3', r"Unknown config argument 'size' .* known: model, dataset"),
+    ('ViT-B_16,cifar10,extra', r"Unexpected config argument 'extra'"),
+    ('ViT-B_16', r"'dataset' missing .* takes 'MODEL,DATASET'"),
+    ('model=a,b,model=c', r"'model' given twice"),
+])
+def test_bad_arguments_name_the_argument_and_the_known_ones(arg, match):
+  with pytest.raises(ValueError, match=match):
+    config_args.parse_arg(arg, model=str, dataset=str)
+
+
+def test_values_that_do_not_convert_are_errors():
+  with pytest.raises(ValueError, match=r"steps='ten' is not of type int"):
+    config_args.parse_arg('steps=ten', steps=1)
+  with pytest.raises(ValueError, match=r"quick='maybe' is not of type bool"):
+    config_args.parse_arg('quick=maybe', quick=False)
+
+
+def test_configs_reject_unknown_keys():
+  with pytest.raises(ValueError, match=r"Unknown config argument 'lr'.*known: quick"):
+    load_config('cifar10_scratch.py', 'quick,lr=3')

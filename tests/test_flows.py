@@ -24,7 +24,7 @@ import pytest
 from helpers import REPO, cifar_dir, make_image_folder
 import tiny_config
 from vit_jax import checkpoint
-from vit_jax import export
+from vit_jax import workdir
 from vit_jax import from_checkpoint
 from vit_jax import input_pipeline
 from vit_jax import optim
@@ -161,19 +161,19 @@ def test_card_that_contradicts_the_checkpoint_is_an_error(tmp_path):
   config = tiny_config.get_config()
   model = step_lib.create_model(config, 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  card = export.make_card(model_name='ViT-CIFAR_4', model_overrides=config.model,
+  card = workdir.make_card(model_name='ViT-CIFAR_4', model_overrides=config.model,
                           num_classes=10, class_names=None, image_size=32,
                           pp_eval=config.pp_eval, normalization='cifar10')
   path = tmp_path / 'model.npz'
-  export.write_model(path, params, None, card)
+  workdir.write_model(path, params, None, card)
   loaded = from_checkpoint.load_file(str(path))
   assert loaded.normalization == 'cifar10' and loaded.image_size == (32, 32)
   assert from_checkpoint.load_file(str(path), normalization='imagenet').normalization == 'imagenet'
   with pytest.raises(checkpoint.CheckpointError, match='says 7 classes.*head has 10'):
-    export.write_model(path, params, None, {**card, 'num_classes': 7})
+    workdir.write_model(path, params, None, {**card, 'num_classes': 7})
     from_checkpoint.load_file(str(path))
   wider = {**card, 'model_overrides': {**card['model_overrides'], 'hidden_size': 64}}
-  export.write_model(path, params, None, wider)
+  workdir.write_model(path, params, None, wider)
   with pytest.raises(checkpoint.CheckpointError, match='hidden_size|shape'):
     from_checkpoint.load_file(str(path))
 

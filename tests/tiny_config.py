@@ -29,3 +29,11 @@ def get_config(arg: str = ''):
   config.checkpoint_every = 4
   config.keep_checkpoints = 2
   return config
+
+
+def for_data(data_overrides, **overrides):
+  """The tiny config on the tests' data (conftest's `data_overrides`), with field overrides."""
+  config = get_config(data_overrides['dataset'])
+  config.update(data_overrides)
+  config.update(overrides)
+  return config

@@ -1,7 +1,9 @@
 """Defaults shared by every experiment config in `configs/`; each field documented once here.
 
-Experiment configs start from `get_config()` and override fields; every field can also be
-overridden on the command line (`--config.total_steps=100`), and an unknown field is an error.
+Experiment configs start from `get_config()` and override fields, sharing recipes through the
+functions below (`seeds_cifar10`, `vit_finetune_recipe`, `timm_imagenet_recipe`) and parsing
+their `:ARGS` with `vit_jax.config_args.parse_arg`; every field can also be overridden on the
+command line (`--config.total_steps=100`), and an unknown field is an error.
 """
 
 import ml_collections
@@ -129,6 +131,56 @@ def seeds_cifar10(config: ml_collections.ConfigDict, quick: bool) -> ml_collecti
     config.lr.warmup_steps = 100
     config.eval_every = 1000
     config.checkpoint_every = 500
+  return config
+
+
+# dataset: (train split, eval split, total steps, warmup steps, base lr)
+FINETUNE_PRESETS = {
+    'cifar10': ('train[:98%]', 'test', 10_000, 500, 0.03),
+    'cifar100': ('train[:98%]', 'test', 10_000, 500, 0.03),
+    'imagenet2012': ('train[:99%]', 'validation', 20_000, 500, 0.03),
+    'oxford_iiit_pet': ('train[:90%]', 'test', 500, 100, 0.003),
+    'oxford_flowers102': ('train[:90%]', 'test', 500, 100, 0.003),
+}
+
+
+def vit_finetune_recipe(config: ml_collections.ConfigDict, model_name: str, dataset: str
+                        ) -> ml_collections.ConfigDict:
+  """The ViT paper's fine-tuning (the original library's recipe), for plain ViTs and hybrids.
+
+  SGD momentum 0.9, no weight decay, global-norm clip 1, batch 512 (8 micro-batches of 64),
+  warmup then cosine (steps and lr from `FINETUNE_PRESETS`), 384 px, Inception crop + flip,
+  pixels in [-1, 1].
+
+  Raises:
+    ValueError: `dataset` has no preset.
+  """
+  if dataset not in FINETUNE_PRESETS:
+    raise ValueError(f'Unknown fine-tuning dataset {dataset!r}; presets: '
+                     f'{sorted(FINETUNE_PRESETS)}')
+  train_split, eval_split, steps, warmup, lr = FINETUNE_PRESETS[dataset]
+  if (model_name, dataset) == ('ViT-B_16', 'cifar10'):
+    lr = 0.01  # The paper's choice for B/16 on CIFAR-10 (recipes.md).
+  config.model_name = model_name
+  config.dataset = dataset
+  config.train_split = train_split
+  config.eval_split = eval_split
+  config.image_size = 384
+  config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
+  config.pp_eval = 'resize|value_range(-1, 1)'
+  config.batch_size = 512
+  config.eval_batch_size = 512
+  config.accum_steps = 8
+  config.total_steps = steps
+  config.optimizer.name = 'sgd'
+  config.optimizer.momentum = 0.9
+  config.optimizer.accumulator_dtype = 'bfloat16'
+  config.lr.base = lr
+  config.lr.warmup_steps = warmup
+  config.lr.decay_type = 'cosine'
+  config.grad_clip_norm = 1.0
+  config.eval_every = steps // 10
+  config.checkpoint_every = steps // 10
   return config
 
 

@@ -17,8 +17,8 @@ import ml_collections
 import optax
 
 from vit_jax import checkpoint
-from vit_jax import export
 from vit_jax import models
+from vit_jax import workdir
 
 
 def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
@@ -56,25 +56,24 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[n
   """The teacher of `config.distillation`: (model, variables) from its `.npz` checkpoint.
 
   `teacher_path` is an `.npz` of parameters (as `checkpoint.save` and the training export write
-  it); models with BatchNorm also need the exported `<name>_state.npz` beside it.
+  it); models with BatchNorm also need the state sidecar of its export
+  (`workdir.state_path_for`).
   """
   dist = config.distillation
   overrides = dist.get('teacher_overrides') or {}
   overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
   model = models.get_model(dist.teacher_model, num_classes=num_classes, **overrides)
   params = checkpoint.load(dist.teacher_path)
-  size = config.image_size
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
-                                             train=False))
+  shapes = models.init_shapes(model, config.image_size)
   variables = {'params': checkpoint.inspect_params(params=params, expected=shapes['params'])}
   state = None
   for collection in shapes:
-    if collection in ('params', 'intermediates'):
+    if collection == 'params':
       continue
-    state = export.read_state(dist.teacher_path) if state is None else state
+    state = workdir.read_state(dist.teacher_path) if state is None else state
     if state is None or collection not in state:
       raise FileNotFoundError(f'Teacher {dist.teacher_model} has {collection!r}; expected them in '
-                              f'{export.state_path_for(dist.teacher_path)}')
+                              f'{workdir.state_path_for(dist.teacher_path)}')
     variables[collection] = checkpoint.inspect_params(params=state[collection],
                                                       expected=shapes[collection])
   return model, variables

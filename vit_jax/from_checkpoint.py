@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint
-from vit_jax import export
 from vit_jax import image_io
 from vit_jax import models
 from vit_jax import models_swin
+from vit_jax import workdir
 
 _BLOCK_RE = re.compile(r'^Transformer/encoderblock_(\d+)/')
 _UNIT_RE = re.compile(r'^block(\d+)/unit(\d+)/')
@@ -221,8 +221,8 @@ def load_file(path: str, model_name: str | None = None, *,
   Arguments as `load_model`'s; explicit ones win over the card.
   """
   return load_model(checkpoint.load(path), model_name, image_size=image_size,
-                    normalization=normalization, card=export.read_card(path),
-                    model_state=export.read_state(path), **overrides)
+                    normalization=normalization, card=workdir.read_card(path),
+                    model_state=workdir.read_state(path), **overrides)
 
 
 def _check_card(card: Mapping[str, Any], flat: Mapping[str, Any],
@@ -254,9 +254,9 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
     image_size: overrides the resolution read from the card or the checkpoint.
     normalization: overrides the card's pixel normalisation and the family default (see
       `image_io.normalize`; timm's DeiT weights want 'imagenet', Google's ViTs 'minus_one_one').
-    card: the model card of a training export (`export.read_card`): zoo name, config overrides,
+    card: the model card of a training export (`workdir.read_card`): zoo name, config overrides,
       classes, image size and normalisation.
-    model_state: non-parameter variables (BatchNorm statistics, `export.read_state`); required
+    model_state: non-parameter variables (BatchNorm statistics, `workdir.read_state`); required
       for models that have them.
     **overrides: further config fields, e.g. `sow_weights=True`.
 
@@ -271,7 +271,7 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
     overrides = {**_tuples(card['model_overrides']), **overrides}
     image_size = image_size or tuple(card['image_size'])
     if normalization is None:
-      normalization = export.card_normalization(card)
+      normalization = workdir.card_normalization(card)
   if model_name is None and is_swin(flat):
     config = swin_config_from_params(flat)
     family = 'swin'

@@ -279,8 +279,7 @@ def memory_analysis(config: ml_collections.ConfigDict, num_classes: int,
   size = config.image_size
   image_shape = (size, size, 3) if isinstance(size, int) else tuple(size) + (3,)
   with jax.set_mesh(mesh):
-    abstract_params = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False))['params']
+    abstract_params = models.init_shapes(model, image_shape[:2])['params']
     tx, schedule = optim.make_optimizer(config, abstract_params)
     make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, None)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

@@ -24,17 +24,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import distill
-from vit_jax import export
 from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
 from vit_jax import optim
 from vit_jax import preprocess
 from vit_jax import sharding
+from vit_jax import workdir as workdir_lib
 from vit_jax.step import TrainState, create_model, init_state, make_eval_step, make_train_step
 
 
@@ -46,7 +45,7 @@ def load_pretrained_state(config: ml_collections.ConfigDict, model: nn.Module,
                           image_shape: tuple[int, int, int]) -> Any | None:
   """The non-parameter variables exported beside `config.pretrained_path` (BatchNorm
   statistics), checked against `model`; None where the file has none or the model needs none."""
-  saved = export.read_state(config.pretrained_path)
+  saved = workdir_lib.read_state(config.pretrained_path)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False))
   wanted = {k: v for k, v in shapes.items() if k not in ('params', 'intermediates')}
@@ -54,7 +53,7 @@ def load_pretrained_state(config: ml_collections.ConfigDict, model: nn.Module,
     return None
   missing = sorted(set(wanted) - set(saved))
   if missing:
-    raise checkpoint.CheckpointError(f'{export.state_path_for(config.pretrained_path)} lacks '
+    raise checkpoint.CheckpointError(f'{workdir_lib.state_path_for(config.pretrained_path)} lacks '
                                      f'the collections {missing} of {config.model_name}')
   return {k: checkpoint.inspect_params(params=saved[k], expected=wanted[k]) for k in wanted}
 
@@ -141,35 +140,6 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
   return metrics
 
 
-def _skipped_path(workdir: str) -> str:
-  return os.path.join(workdir, 'skipped_images.json')
-
-
-def _skipped_at(workdir: str, step: int) -> int:
-  """The `skipped_images` count saved with the checkpoint of `step` (0 if none)."""
-  try:
-    with open(_skipped_path(workdir)) as f:
-      return int(json.load(f).get(str(step), 0))
-  except FileNotFoundError:
-    return 0
-
-
-def _save_skipped(workdir: str, step: int, count: int) -> None:
-  """Keeps the count beside the checkpoints (by step: a resumed run may restore any of them)."""
-  if jax.process_index() != 0 or not count:
-    return  # No file is a count of 0.
-  path = _skipped_path(workdir)
-  try:
-    with open(path) as f:
-      counts = json.load(f)
-  except FileNotFoundError:
-    counts = {}
-  counts[str(step)] = count
-  with open(path + '.tmp', 'w') as f:
-    json.dump(counts, f)
-  os.replace(path + '.tmp', path)
-
-
 def _check_finite(step: int, loss: jax.Array) -> None:
   value = float(loss)
   if not math.isfinite(value):
@@ -215,9 +185,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.get('pretrained_path'):
     params = load_pretrained_params(config, model, image_shape)
     pretrained_state = load_pretrained_state(config, model, image_shape)
-  param_shapes = params if params is not None else jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False)
-  )['params']
+  param_shapes = params if params is not None else models.init_shapes(
+      model, image_shape[:2])['params']
   tx, schedule = optim.make_optimizer(config, param_shapes)
   state, state_shardings = init_state(config, model, tx, mesh, image_shape, params,
                                       pretrained_state)
@@ -242,25 +211,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                       in_shardings=(state_shardings, batch_sharding),
                       out_shardings=sharding.replicated(mesh))
 
-  manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=int(config.keep_checkpoints),
-                                           create=True))
-  if manager.latest_step() is not None:
-    latest = manager.latest_step()
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
-    state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    logging.info('Resumed from the checkpoint of step %d in %s', latest, workdir)
+  manager = workdir_lib.checkpoint_manager(workdir, config.keep_checkpoints)
+  state = workdir_lib.restore_latest(manager, state, state_shardings)
   start_step = int(jax.device_get(state.step))
   # Training examples whose image could not be decoded, over the whole run (resumes included).
-  skipped_images = _skipped_at(workdir, start_step)
+  skipped_images = workdir_lib.skipped_images_at(workdir, start_step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(_flat_config(config))
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.write_config(workdir, config)
 
   local_batch = config.batch_size // jax.process_count()
   train_ds = input_pipeline.train_dataset(config, train_source, local_batch, start_step)
@@ -330,8 +290,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     if step % config.checkpoint_every == 0 or is_last:
       _check_finite(*pending)
-      manager.save(step, args=ocp.args.StandardSave(state))
-      _save_skipped(workdir, step, skipped_images + sum(
+      workdir_lib.save_checkpoint(manager, step, state)
+      workdir_lib.save_skipped_images(workdir, step, skipped_images + sum(
           int(jax.device_get(m.get('skipped', 0))) for m in history))
   manager.wait_until_finished()
   writer.flush()
@@ -339,15 +299,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if config.get('export_npz', True):
     params, model_state, ema_params = jax.device_get(
         sharding.gather((state.params, state.model_state, state.ema_params)))
-    if jax.process_index() == 0:
-      path = os.path.join(workdir, 'model.npz')
-      card = _model_card(config, num_classes, train_source)
-      export.write_model(path, params, model_state, card)
-      logging.info('Exported %s with its model card %s', path, export.card_path_for(path))
-      if ema_params is not None:
-        ema_path = os.path.join(workdir, 'model_ema.npz')
-        export.write_model(ema_path, ema_params, model_state, card)
-        logging.info('Exported the weight EMA to %s', ema_path)
+    workdir_lib.export_final(workdir, params, model_state, ema_params,
+                             _model_card(config, num_classes, train_source))
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 
@@ -357,7 +310,7 @@ def _model_card(config: ml_collections.ConfigDict, num_classes: int,
   if names is not None and len(names) != num_classes:
     names = None  # config.num_classes widened the head beyond the dataset's classes.
   overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
-  return export.make_card(
+  return workdir_lib.make_card(
       model_name=config.model_name, model_overrides=overrides, num_classes=num_classes,
       class_names=names, image_size=config.image_size, pp_eval=config.pp_eval,
       normalization=preprocess.pixel_normalization(config.pp_eval))
