@@ -7,8 +7,8 @@ import pytest
 
 from helpers import randomize
 from vit_jax import checkpoint
-from vit_jax import checkpoint_big_vision
 from vit_jax import models
+from vit_jax.checkpoint import big_vision as checkpoint_big_vision
 
 D, HEADS, MLP, LAYERS, PATCH, SIZE, CLASSES = 32, 2, 64, 2, 8, 32, 5
 

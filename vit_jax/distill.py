@@ -64,12 +64,11 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[n
   model = models.get_model(dist.teacher_model, num_classes=num_classes, **overrides)
   params = checkpoint.load(dist.teacher_path)
   size = config.image_size
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
-                                             train=False))
+  shapes = models.init_shapes(model, size)
   variables = {'params': checkpoint.inspect_params(params=params, expected=shapes['params'])}
   state = None
   for collection in shapes:
-    if collection in ('params', 'intermediates'):
+    if collection == 'params':
       continue
     state = export.read_state(dist.teacher_path) if state is None else state
     if state is None or collection not in state:
