@@ -30,7 +30,7 @@ def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
   """timm's VisionTransformer with the architecture of our ViT/hybrid `config`.
 
   Args:
-    config: `VisionTransformer` fields plus `num_classes` (as from_checkpoint infers them).
+    config: `VisionTransformer` fields plus `num_classes` (as `architecture` reads them).
     gelu_approximate: tanh GELU (the original library) or exact erf (timm's default).
     image_size: input side in pixels.
   """
