@@ -7,8 +7,8 @@ import pytest
 
 from helpers import randomize
 from vit_jax import checkpoint
-from vit_jax import checkpoint_big_vision
 from vit_jax import models
+from vit_jax.checkpoint import big_vision
 
 D, HEADS, MLP, LAYERS, PATCH, SIZE, CLASSES = 32, 2, 64, 2, 8, 32, 5
 
@@ -63,7 +63,7 @@ def test_siglip_tower_matches_timm_loader(timm, tmp_path, scan, prefix):
   model = _siglip_tower()
   images = np.random.default_rng(0).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
   params = randomize(model.init(jax.random.key(0), images[:1])['params'], scale=0.2)
-  flat = checkpoint_big_vision.from_params(checkpoint.flatten(params), scan=scan, prefix=prefix)
+  flat = big_vision.from_params(checkpoint.flatten(params), scan=scan, prefix=prefix)
   expected_keys = {prefix + k: v for k, v in big_vision_keys(scan).items()}
   assert {k: v.shape for k, v in flat.items()} == expected_keys
   if prefix == 'params/img/':  # A two-tower file: the text tower and logit scale/bias too.
@@ -91,7 +91,7 @@ def test_load_pretrained_into_a_scanned_model(tmp_path):
   model = _siglip_tower()
   params = randomize(model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))['params'])
   path = tmp_path / 'tower.npz'
-  checkpoint_big_vision.save(params, path, scan=True, prefix='params/img/')
+  big_vision.save(params, path, scan=True, prefix='params/img/')
   scanned = _siglip_tower().clone(transformer={**_siglip_tower().transformer, 'scan': True})
   init = scanned.init(jax.random.key(1), jnp.zeros((1, SIZE, SIZE, 3)))['params']
   config = {'representation_size': None}
@@ -107,13 +107,13 @@ def test_class_token_gets_a_zero_position_row():
   params = randomize(model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))['params'])
   flat = checkpoint.flatten(params)
   with pytest.raises(checkpoint.CheckpointError, match='CLS'):
-    checkpoint_big_vision.from_params(flat)
+    big_vision.from_params(flat)
   posemb = np.asarray(flat['Transformer/posembed_input/pos_embedding']).copy()
   posemb[:, 0] = 0
   flat['Transformer/posembed_input/pos_embedding'] = posemb
-  written = checkpoint_big_vision.from_params(flat, scan=False)
+  written = big_vision.from_params(flat, scan=False)
   assert written['pos_embedding'].shape == (1, 16, D)
-  back = checkpoint_big_vision.to_params(written)
+  back = big_vision.to_params(written)
   np.testing.assert_array_equal(back['Transformer/posembed_input/pos_embedding'], posemb)
 
 
@@ -121,7 +121,7 @@ def test_unknown_block_child_is_named():
   flat = {'embedding/kernel': np.zeros((8, 8, 3, D)), 'pos_embedding': np.zeros((1, 16, D)),
           'Transformer/encoderblock/LayerNorm_7/scale': np.zeros((2, D))}
   with pytest.raises(checkpoint.CheckpointError, match='LayerNorm_7'):
-    checkpoint_big_vision.to_params(flat)
+    big_vision.to_params(flat)
 
 
 def test_so400m_parameter_count_matches_timm(timm):

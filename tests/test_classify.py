@@ -13,10 +13,10 @@ import pytest
 
 from vit_jax import checkpoint
 from vit_jax import classify
-from vit_jax import from_checkpoint
 from vit_jax import image_io
 from vit_jax import labels
 from vit_jax import models
+from vit_jax.checkpoint import model_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -75,7 +75,7 @@ def test_command_prints_top5_names_converts_and_reports_bad_files(photos):
 
 
 def test_top_classes_are_the_models_highest_logits(photos):
-  loaded = from_checkpoint.load_model(tiny_params(1000))
+  loaded = model_from.load_model(tiny_params(1000))
   assert loaded.image_size == (SIZE, SIZE) and loaded.normalization == 'minus_one_one'
   names = classify.class_names(1000)[1]
   predictions, errors = classify.classify(loaded, [str(photos / 'chelsea.jpg')], names=names)

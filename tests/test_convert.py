@@ -13,10 +13,10 @@ from helpers import random_images
 from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import convert
-from vit_jax import convert_hf
-from vit_jax import convert_timm
 from vit_jax import models
-from vit_jax import state_dict_io
+from vit_jax.checkpoint import hf_keys
+from vit_jax.checkpoint import timm_keys
+from vit_jax.checkpoint import torch_models
 
 SIZE = 32
 TINY = dict(patches={'size': (8, 8)}, hidden_size=32,
@@ -59,7 +59,7 @@ def to_torch(x):
 @pytest.fixture(scope='module')
 def transformers():
   """transformers, or a clean skip where it or torch is not installed."""
-  from vit_jax.timm_import import import_transformers  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint.timm_import import import_transformers  # pylint: disable=g-import-not-at-top
   try:
     importlib.import_module('torch')
     return import_transformers()
@@ -97,23 +97,23 @@ def test_round_trip_through_torch_formats_is_bit_exact(tmp_path, target):
 def test_round_trip_of_gap_and_map_models_through_timm(tmp_path):
   for classifier in ('gap', 'map'):
     params = checkpoint.flatten(tiny_params(tiny_model(classifier=classifier)))
-    state = convert_timm.to_timm(params)
+    state = timm_keys.to_timm(params)
     assert ('cls_token' in state) is False
     assert ('attn_pool.kv.weight' in state) == (classifier == 'map')
-    assert_same_params(convert_timm.from_timm(state, num_heads=4), params)
+    assert_same_params(timm_keys.from_timm(state, num_heads=4), params)
 
 
 def test_hf_feature_extractor_round_trip_keeps_the_representation_layer(tmp_path):
   params = checkpoint.flatten(tiny_params(tiny_model(num_classes=None, representation_size=24)))
-  state, config = convert_hf.to_hf(params)
+  state, config = hf_keys.to_hf(params)
   assert config['architectures'] == ['ViTModel'] and config['pooler_output_size'] == 24
   assert 'pooler.dense.weight' in state and not any(k.startswith('vit.') for k in state)
-  assert_same_params(convert_hf.from_hf(state, config), params)
+  assert_same_params(hf_keys.from_hf(state, config), params)
 
 
 def test_transformers_v5_in_memory_names_are_read():
   params = checkpoint.flatten(tiny_params(tiny_model()))
-  state, config = convert_hf.to_hf(params)
+  state, config = hf_keys.to_hf(params)
   renamed = {k.replace('encoder.layer.', 'layers.')
              .replace('attention.attention.query', 'attention.q_proj')
              .replace('attention.attention.key', 'attention.k_proj')
@@ -122,7 +122,7 @@ def test_transformers_v5_in_memory_names_are_read():
              .replace('intermediate.dense', 'mlp.fc1')
              .replace('output.dense', 'mlp.fc2'): v for k, v in state.items()}
   assert 'vit.layers.0.attention.q_proj.weight' in renamed
-  assert_same_params(convert_hf.from_hf(renamed, config), params)
+  assert_same_params(hf_keys.from_hf(renamed, config), params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +156,7 @@ def test_our_timm_mapping_equals_timms_own_npz_loader(timm, tmp_path):
   for make in (timm_vit, timm_small_hybrid):
     source = make(timm)
     theirs = timm_state(source)
-    ours = convert_timm.from_timm(theirs, num_heads=4)
+    ours = timm_keys.from_timm(theirs, num_heads=4)
     if make is timm_small_hybrid:
       assert 'block2/unit1/conv_proj/kernel' in ours and 'gn_root/scale' in ours
     checkpoint.save(checkpoint.unflatten(ours), tmp_path / 'from_timm.npz')
@@ -166,7 +166,7 @@ def test_our_timm_mapping_equals_timms_own_npz_loader(timm, tmp_path):
     assert sorted(reloaded) == sorted(theirs)
     for key in theirs:
       np.testing.assert_array_equal(reloaded[key], theirs[key], err_msg=key)
-    converted = convert_timm.to_timm(checkpoint.flatten(checkpoint.load(tmp_path /
+    converted = timm_keys.to_timm(checkpoint.flatten(checkpoint.load(tmp_path /
                                                                         'from_timm.npz')))
     for key in theirs:
       np.testing.assert_array_equal(converted[key], theirs[key], err_msg=key)
@@ -183,7 +183,7 @@ def test_timm_logits_equal_ours_on_converted_weights(timm, tmp_path, classifier,
   checkpoint.save(params, tmp_path / 'ours.npz')
   convert.convert(str(tmp_path / 'ours.npz'), str(tmp_path / 'timm.safetensors'))
   theirs = timm_vit(timm, **kwargs)
-  theirs.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict_io.read_state_dict(
+  theirs.load_state_dict({k: torch.from_numpy(v) for k, v in checkpoint.read_state_dict(
       tmp_path / 'timm.safetensors').items()}, strict=True)
   x = images()
   with torch.no_grad():
@@ -219,12 +219,11 @@ def test_hybrid_logits_equal_timms_with_its_conventions(timm, tmp_path):
   with torch.no_grad():
     for p in source.parameters():
       p.add_(0.05 * torch.randn_like(p))
-  from vit_jax import parity  # pylint: disable=g-import-not-at-top
-  params = checkpoint.unflatten(convert_timm.from_timm(timm_state(source), num_heads=4))
+  params = checkpoint.unflatten(timm_keys.from_timm(timm_state(source), num_heads=4))
   model = models.VisionTransformer(
       num_classes=10, patches={'size': (1, 1)}, hidden_size=32,
       transformer={'num_layers': 1, 'mlp_dim': 64, 'num_heads': 4},
-      resnet={'num_layers': (1, 1), 'width_factor': 1, **parity.TIMM_HYBRID_CONVENTIONS})
+      resnet={'num_layers': (1, 1), 'width_factor': 1, **torch_models.TIMM_HYBRID_EPS})
   x = images()
   with torch.no_grad():
     expected = source(to_torch(x)).numpy()
@@ -256,7 +255,7 @@ def test_transformers_loads_our_folder_with_equal_logits(transformers, tmp_path)
   assert np.abs(got).max() > 0.1
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
   # What `convert --check` reports for the same pair.
-  from vit_jax import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
   delta = parity.max_logit_difference(checkpoint.flatten(params), str(tmp_path / 'hf'), 'hf')
   assert 0 < delta < 1e-4
 
@@ -288,40 +287,40 @@ def test_folder_written_by_transformers_converts_to_equal_logits(transformers, t
 
 def test_unrepresentable_models_are_refused_with_the_reason():
   with_pre_logits = checkpoint.flatten(tiny_params(tiny_model(representation_size=24)))
-  with pytest.raises(convert_timm.ConversionError, match='representation layer'):
-    convert_timm.to_timm(with_pre_logits)
-  with pytest.raises(convert_timm.ConversionError, match='drop_head'):
-    convert_hf.to_hf(with_pre_logits)
+  with pytest.raises(checkpoint.ConversionError, match='representation layer'):
+    timm_keys.to_timm(with_pre_logits)
+  with pytest.raises(checkpoint.ConversionError, match='drop_head'):
+    hf_keys.to_hf(with_pre_logits)
   gap = checkpoint.flatten(tiny_params(tiny_model(classifier='gap')))
-  with pytest.raises(convert_timm.ConversionError, match='class token'):
-    convert_hf.to_hf(gap)
+  with pytest.raises(checkpoint.ConversionError, match='class token'):
+    hf_keys.to_hf(gap)
   hybrid = {**checkpoint.flatten(tiny_params(tiny_model())),
             'conv_root/kernel': np.zeros((7, 7, 3, 64), np.float32)}
-  with pytest.raises(convert_timm.ConversionError, match='ViTHybrid'):
-    convert_hf.to_hf(hybrid)
+  with pytest.raises(checkpoint.ConversionError, match='ViTHybrid'):
+    hf_keys.to_hf(hybrid)
 
 
 def test_unknown_timm_keys_are_named():
-  state = convert_timm.to_timm(checkpoint.flatten(tiny_params(tiny_model())))
+  state = timm_keys.to_timm(checkpoint.flatten(tiny_params(tiny_model())))
   state['norm_pre.weight'] = np.ones(32, np.float32)  # CLIP's pre-norm: not in our ViT.
-  with pytest.raises(convert_timm.ConversionError, match=r'norm_pre\.weight'):
-    convert_timm.from_timm(state, num_heads=4)
+  with pytest.raises(checkpoint.ConversionError, match=r'norm_pre\.weight'):
+    timm_keys.from_timm(state, num_heads=4)
 
 
 def test_bad_paths_and_files_give_clear_errors(tmp_path):
-  with pytest.raises(convert_timm.ConversionError, match='Cannot tell the format'):
+  with pytest.raises(checkpoint.ConversionError, match='Cannot tell the format'):
     convert.read(tmp_path / 'weights.txt')
   with pytest.raises(FileNotFoundError):
     convert.read(tmp_path / 'missing.safetensors')
   (tmp_path / 'junk.safetensors').write_bytes(b'not a safetensors file')
-  with pytest.raises(state_dict_io.StateDictError, match='junk.safetensors'):
+  with pytest.raises(checkpoint.StateDictError, match='junk.safetensors'):
     convert.read(tmp_path / 'junk.safetensors')
   params = tiny_params(tiny_model())
   checkpoint.save(params, tmp_path / 'ours.npz')
   convert.convert(str(tmp_path / 'ours.npz'), str(tmp_path / 'out.safetensors'))
-  with pytest.raises(convert_timm.ConversionError, match='exists'):
+  with pytest.raises(checkpoint.ConversionError, match='exists'):
     convert.convert(str(tmp_path / 'ours.npz'), str(tmp_path / 'out.safetensors'))
-  with pytest.raises(convert_timm.ConversionError, match='num_heads'):
+  with pytest.raises(checkpoint.ConversionError, match='num_heads'):
     convert.read(tmp_path / 'out.safetensors')  # Width 32 is not a zoo width: heads unknown.
 
 
@@ -338,10 +337,10 @@ def test_tools_import_without_torch_transformers_or_tensorflow():
   assert out.stdout.strip().splitlines()[-1] == '[]'
 
 
-def test_swin_goes_through_swin_convert_and_matches_timm(timm, tmp_path):
+def test_swin_goes_through_swin_keys_and_matches_timm(timm, tmp_path):
   """A timm Swin state dict converts to our Swin and back unchanged; --check's numbers agree."""
   import torch  # pylint: disable=g-import-not-at-top
-  from vit_jax import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
   source = timm.models.swin_transformer.SwinTransformer(
       img_size=16, patch_size=2, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4,
       num_classes=5).eval()
@@ -349,12 +348,12 @@ def test_swin_goes_through_swin_convert_and_matches_timm(timm, tmp_path):
   with torch.no_grad():
     for p in source.parameters():
       p.add_(0.1 * torch.randn_like(p))
-  state_dict_io.write_state_dict(timm_state(source), tmp_path / 'swin.safetensors')
+  checkpoint.write_state_dict(timm_state(source), tmp_path / 'swin.safetensors')
   loaded, _ = convert.convert(str(tmp_path / 'swin.safetensors'), str(tmp_path / 'ours.npz'))
   assert loaded.format == 'timm'
   assert 'layers_1/blocks_0/attn/relative_position_bias_table' in loaded.params
   convert.convert(str(tmp_path / 'ours.npz'), str(tmp_path / 'back.safetensors'))
-  back = state_dict_io.read_state_dict(tmp_path / 'back.safetensors')
+  back = checkpoint.read_state_dict(tmp_path / 'back.safetensors')
   original = timm_state(source)
   assert sorted(back) == sorted(original)
   for key in original:
@@ -364,15 +363,15 @@ def test_swin_goes_through_swin_convert_and_matches_timm(timm, tmp_path):
 
 
 def test_deit_distilled_model_converts_to_timms_distilled_vit(timm, tmp_path):
-  from vit_jax import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
   params = checkpoint.flatten(tiny_params(tiny_model(distilled=True)))
   assert 'dist' in params and 'head_dist/kernel' in params
   checkpoint.save(checkpoint.unflatten(params), tmp_path / 'deit.npz')
   convert.convert(str(tmp_path / 'deit.npz'), str(tmp_path / 'deit.safetensors'))
-  state = state_dict_io.read_state_dict(tmp_path / 'deit.safetensors')
+  state = checkpoint.read_state_dict(tmp_path / 'deit.safetensors')
   assert state['pos_embed'].shape[1] == 2 + (SIZE // 8)**2 and 'head_dist.weight' in state
-  assert_same_params(convert_timm.from_timm(state, num_heads=4), params)
+  assert_same_params(timm_keys.from_timm(state, num_heads=4), params)
   delta = parity.max_logit_difference(params, str(tmp_path / 'deit.safetensors'), 'timm')
   assert 0 < delta < 1e-4  # timm's VisionTransformerDistilled averages both heads, as ours.
-  with pytest.raises(convert_timm.ConversionError, match='distillation token'):
-    convert_hf.to_hf(params)
+  with pytest.raises(checkpoint.ConversionError, match='distillation token'):
+    hf_keys.to_hf(params)

@@ -7,8 +7,8 @@ import pytest
 
 from helpers import randomize
 from vit_jax import checkpoint
-from vit_jax import flexi
 from vit_jax import models
+from vit_jax.checkpoint import resize
 
 
 @pytest.mark.parametrize('old,new', [((8, 8), (8, 8)), ((8, 8), (12, 12)), ((8, 8), (16, 16)),
@@ -21,7 +21,7 @@ def test_resized_patch_gives_original_token(old, new):
   # The image side of the identity, resized independently of `flexi`: jax.image.resize.
   resized = np.asarray(jax.image.resize(patches, (4,) + new + (3,), method='bilinear',
                                         antialias=False))
-  new_kernel = flexi.resample_patchemb(kernel, new)
+  new_kernel = resize.resample_patchemb(kernel, new)
   assert new_kernel.shape == new + (3, 5)
   np.testing.assert_allclose(np.einsum('nhwc,hwcd->nd', resized, new_kernel), tokens,
                              atol=1e-4, rtol=1e-4)
@@ -30,8 +30,8 @@ def test_resized_patch_gives_original_token(old, new):
 def test_shrinking_is_the_least_squares_kernel():
   rng = np.random.default_rng(1)
   kernel = rng.standard_normal((8, 8, 1, 1))
-  new = flexi.resample_patchemb(kernel, (4, 4))
-  m = flexi.resize_matrix((8, 8), (4, 4))
+  new = resize.resample_patchemb(kernel, (4, 4))
+  m = resize.resize_matrix((8, 8), (4, 4))
   # Normal equations of min ||M^T w' - w||: M (M^T w' - w) = 0.
   residual = m.T @ new.reshape(-1) - kernel.reshape(-1)
   np.testing.assert_allclose(m @ residual, 0, atol=1e-8)
@@ -49,6 +49,6 @@ def test_load_pretrained_at_another_patch_size(tmp_path):
   loaded = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
                                       model_config={'representation_size': None})
   np.testing.assert_allclose(loaded['embedding']['kernel'],
-                             flexi.resample_patchemb(params['embedding']['kernel'], (16, 16)),
+                             resize.resample_patchemb(params['embedding']['kernel'], (16, 16)),
                              rtol=1e-6)
   assert loaded['Transformer']['posembed_input']['pos_embedding'].shape == (1, 1 + 9, 16)

@@ -25,12 +25,12 @@ from helpers import REPO, cifar_dir, make_image_folder
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax import workdir
-from vit_jax import from_checkpoint
 from vit_jax import input_pipeline
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax import step as step_lib
 from vit_jax import train
+from vit_jax.checkpoint import model_from
 
 WEIGHTS = os.path.join(REPO, '..', 'shared', 'data', 'weights',
                        'vit_tiny_patch16_224_in1k.safetensors')
@@ -166,16 +166,16 @@ def test_card_that_contradicts_the_checkpoint_is_an_error(tmp_path):
                           pp_eval=config.pp_eval, normalization='cifar10')
   path = tmp_path / 'model.npz'
   workdir.write_model(path, params, None, card)
-  loaded = from_checkpoint.load_file(str(path))
+  loaded = model_from.load_file(str(path))
   assert loaded.normalization == 'cifar10' and loaded.image_size == (32, 32)
-  assert from_checkpoint.load_file(str(path), normalization='imagenet').normalization == 'imagenet'
+  assert model_from.load_file(str(path), normalization='imagenet').normalization == 'imagenet'
   with pytest.raises(checkpoint.CheckpointError, match='says 7 classes.*head has 10'):
     workdir.write_model(path, params, None, {**card, 'num_classes': 7})
-    from_checkpoint.load_file(str(path))
+    model_from.load_file(str(path))
   wider = {**card, 'model_overrides': {**card['model_overrides'], 'hidden_size': 64}}
   workdir.write_model(path, params, None, wider)
   with pytest.raises(checkpoint.CheckpointError, match='hidden_size|shape'):
-    from_checkpoint.load_file(str(path))
+    model_from.load_file(str(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from helpers import count_params
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import models_swin
-from vit_jax import swin_convert
+from vit_jax.checkpoint import files
+from vit_jax.checkpoint import resize
+from vit_jax.checkpoint import swin_keys
 
 # timm's (and the paper's) parameter counts with 1000 classes.
 PARAM_COUNTS = {'Swin-T': 28_288_354, 'Swin-S': 49_606_258, 'Swin-B': 87_768_224,
@@ -130,7 +132,7 @@ def test_features_dtypes_and_dropout():
 
 
 def test_torch_is_not_imported():
-  code = ('import sys, vit_jax.models, vit_jax.swin_convert; '
+  code = ('import sys, vit_jax.models, vit_jax.checkpoint, vit_jax.families; '
           'assert "torch" not in sys.modules, "torch imported"')
   env = {**os.environ, 'PYTHONPATH': os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
   subprocess.run([sys.executable, '-c', code], check=True, env=env)
@@ -196,7 +198,7 @@ def test_logits_match_timm_224(timm, swin_t_224, tmp_path):
   _, state_dict, images, expected = swin_t_224
   model = models.get_model('Swin-T', num_classes=10)
   apply = jax.jit(lambda p, x: model.apply({'params': p}, x))
-  params = swin_convert.from_state_dict(state_dict)
+  params = swin_keys.from_state_dict(state_dict)
   logits = np.asarray(apply(params, images))
   assert np.abs(expected).max() > 0.3  # The comparison carries signal.
   np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
@@ -208,18 +210,22 @@ def test_logits_match_timm_224(timm, swin_t_224, tmp_path):
   torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in official.items()}},
              tmp_path / 'swin_tiny.pth')
   shapes = jax.eval_shape(model.init, jax.random.key(0), images[:1])['params']
-  loaded = swin_convert.load_pretrained(tmp_path / 'swin_tiny.pth', shapes)
+  loaded = checkpoint.load_pretrained_swin(tmp_path / 'swin_tiny.pth', shapes)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
   np.testing.assert_array_equal(apply(loaded, images), logits)
 
   # Saved in timm's layout, the file loads strictly into a fresh timm model: same logits.
-  for name in ('swin.safetensors', 'swin.npz'):
-    swin_convert.save(params, tmp_path / name)
-    state = swin_convert.read_state_dict(tmp_path / name)
-    fresh = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10).eval()
-    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-    np.testing.assert_allclose(torch_logits(fresh, images), expected, atol=1e-6, rtol=0)
-  assert swin_convert.to_official_state_dict(params).keys() == {
+  files.write_state_dict(swin_keys.to_state_dict(params), tmp_path / 'swin.safetensors')
+  state = files.read_state_dict(tmp_path / 'swin.safetensors')
+  fresh = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10).eval()
+  fresh.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+  np.testing.assert_allclose(torch_logits(fresh, images), expected, atol=1e-6, rtol=0)
+  # A Swin .npz is our parameter tree; one holding a state dict (dotted keys) loads the same.
+  checkpoint.save(params, tmp_path / 'swin.npz')
+  np.savez(tmp_path / 'swin_state_dict.npz', **swin_keys.to_official_state_dict(params))
+  for name in ('swin.npz', 'swin_state_dict.npz'):
+    jax.tree.map(np.testing.assert_array_equal, checkpoint.load(tmp_path / name), params)
+  assert swin_keys.to_official_state_dict(params).keys() == {
       k for k in official if not k.endswith(('relative_position_index', 'attn_mask'))}
 
 
@@ -233,7 +239,7 @@ def test_logits_match_timm_256_window_8(timm, swin_t_224):
 
   direct = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10, img_size=256,
                              window_size=8).eval()
-  params = swin_convert.load_pretrained(randomize_timm(direct, seed=1), shapes)
+  params = checkpoint.load_pretrained_swin(randomize_timm(direct, seed=1), shapes)
   np.testing.assert_allclose(apply(params, images), torch_logits(direct, images), atol=1e-4,
                              rtol=0)
 
@@ -244,7 +250,7 @@ def test_logits_match_timm_256_window_8(timm, swin_t_224):
                                   window_size=8).eval()
   torch_state = {k: torch.from_numpy(v) for k, v in state_dict_224.items()}
   transferred.load_state_dict(swin_transformer.checkpoint_filter_fn(torch_state, transferred))
-  params = swin_convert.load_pretrained(state_dict_224, shapes, method='geometric')
+  params = checkpoint.load_pretrained_swin(state_dict_224, shapes, method='geometric')
   expected = torch_logits(transferred, images)
   assert np.abs(expected).max() > 0.3
   np.testing.assert_allclose(apply(params, images), expected, atol=1e-4, rtol=0)
@@ -271,7 +277,7 @@ def test_transfer_224_window_7_to_384_window_12():
   rng = np.random.default_rng(0)
   pretrained = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
   target = models.get_model('Swin-T-384', num_classes=10)
-  params = swin_convert.load_pretrained(pretrained, jax.eval_shape(
+  params = checkpoint.load_pretrained_swin(pretrained, jax.eval_shape(
       target.init, jax.random.key(0), jnp.zeros((1, 384, 384, 3)))['params'])
 
   old = pretrained['layers_2']['blocks_3']['attn']['relative_position_bias_table']
@@ -290,53 +296,53 @@ def test_transfer_224_window_7_to_384_window_12():
 def test_table_resize_methods():
   table = np.random.default_rng(0).standard_normal((169, 3)).astype(np.float32)
   np.testing.assert_array_equal(
-      swin_convert.resize_relative_position_bias_table(table, 7), table)
+      resize.resize_relative_position_bias_table(table, 7), table)
   flat = np.full((169, 2), 0.7, np.float32)
   for method in ('bicubic', 'geometric'):
     np.testing.assert_allclose(
-        swin_convert.resize_relative_position_bias_table(flat, 12, method=method), 0.7,
+        resize.resize_relative_position_bias_table(flat, 12, method=method), 0.7,
         atol=1e-6)
   # Downsizing too (window 7 -> 4), against torch.
-  np.testing.assert_allclose(swin_convert.resize_relative_position_bias_table(table, 4),
+  np.testing.assert_allclose(resize.resize_relative_position_bias_table(table, 4),
                              bicubic_reference(table, 7), atol=1e-5, rtol=0)
   non_square = np.zeros((3 * 7, 2), np.float32)
   with pytest.raises(ValueError, match='not of a square window'):
-    swin_convert.resize_relative_position_bias_table(non_square, 4)
-  assert swin_convert.resize_relative_position_bias_table(
+    resize.resize_relative_position_bias_table(non_square, 4)
+  assert resize.resize_relative_position_bias_table(
       non_square, (3, 5), old_window=(2, 4)).shape == (5 * 9, 2)
   with pytest.raises(ValueError, match='Unknown resize method'):
-    swin_convert.resize_relative_position_bias_table(table, 4, method='nearest')
+    resize.resize_relative_position_bias_table(table, 4, method='nearest')
 
 
 def test_load_pretrained_heads_and_errors(tmp_path):
   model = tiny()
   x = jnp.zeros((1, 32, 32, 3))
   params = random_params(model, x)
-  swin_convert.save(params, tmp_path / 'tiny.safetensors')
-  same = swin_convert.load_pretrained(tmp_path / 'tiny.safetensors', params)
+  files.write_state_dict(swin_keys.to_state_dict(params), tmp_path / 'tiny.safetensors')
+  same = checkpoint.load_pretrained_swin(tmp_path / 'tiny.safetensors', params)
   jax.tree.map(np.testing.assert_array_equal, same, params)  # Same classes: head kept.
-  reset = swin_convert.load_pretrained(params, params, reset_head=True)
+  reset = checkpoint.load_pretrained_swin(params, params, reset_head=True)
   np.testing.assert_array_equal(reset['head']['kernel'], 0.)
   headless = jax.eval_shape(tiny(num_classes=None).init, jax.random.key(0), x)['params']
-  assert 'head' not in swin_convert.load_pretrained(params, headless)
+  assert 'head' not in checkpoint.load_pretrained_swin(params, headless)
 
-  state = swin_convert.to_state_dict(params)
-  with pytest.raises(swin_convert.SwinCheckpointError, match='unknown keys: pos_embed'):
-    swin_convert.from_state_dict({**state, 'pos_embed': np.zeros((1, 4))})
+  state = swin_keys.to_state_dict(params)
+  with pytest.raises(checkpoint.SwinCheckpointError, match='unknown keys: pos_embed'):
+    swin_keys.from_state_dict({**state, 'pos_embed': np.zeros((1, 4))})
   partial = {k: v for k, v in state.items() if not k.startswith('layers.1.blocks.1.mlp.fc2')}
   with pytest.raises(checkpoint.CheckpointError, match='missing keys: layers_1/blocks_1/mlp/fc2'):
-    swin_convert.load_pretrained(partial, params)
+    checkpoint.load_pretrained_swin(partial, params)
   wider = random_params(tiny(embed_dim=32), x)
   with pytest.raises(checkpoint.CheckpointError, match=r'shape mismatch at patch_embed/norm/bias'):
-    swin_convert.load_pretrained(wider, params)
-  with pytest.raises(swin_convert.SwinCheckpointError, match=r'Linear weight'):
-    swin_convert.from_state_dict({**state, 'norm.weight': state['norm.weight'],
-                                  'head.fc.weight': np.zeros(3)})
+    checkpoint.load_pretrained_swin(wider, params)
+  with pytest.raises(checkpoint.SwinCheckpointError, match=r'Linear weight'):
+    swin_keys.from_state_dict({**state, 'norm.weight': state['norm.weight'],
+                               'head.fc.weight': np.zeros(3)})
   with pytest.raises(FileNotFoundError):
-    swin_convert.read_state_dict(tmp_path / 'nope.pth')
+    files.read_state_dict(tmp_path / 'nope.pth')
   (tmp_path / 'bad.safetensors').write_bytes(b'not a file')
-  with pytest.raises(swin_convert.SwinCheckpointError, match='not a readable'):
-    swin_convert.read_state_dict(tmp_path / 'bad.safetensors')
+  with pytest.raises(checkpoint.StateDictError, match='not a readable'):
+    files.read_state_dict(tmp_path / 'bad.safetensors')
 
 
 # ---------------------------------------------------------------------------------------------

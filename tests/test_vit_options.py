@@ -6,10 +6,10 @@ import pytest
 
 from helpers import randomize
 from vit_jax import checkpoint
-from vit_jax import convert_timm
-from vit_jax import from_checkpoint
 from vit_jax import models
-from vit_jax import parity
+from vit_jax.checkpoint import architecture
+from vit_jax.checkpoint import timm_keys
+from vit_jax.checkpoint import torch_models
 
 
 def _tiny(classifier='token', **options):
@@ -37,11 +37,11 @@ def test_options_match_timm(timm, classifier, options):
   params = randomize(model.init(jax.random.key(0), images[:1])['params'], scale=0.5)
   flat = checkpoint.flatten(params)
   # The parameters our converter sees must be exactly the model's.
-  assert from_checkpoint.vit_config_from_params(flat).get('reg_tokens', 0) == options.get(
+  assert architecture.vit_config_from_params(flat).get('reg_tokens', 0) == options.get(
       'reg_tokens', 0)
-  theirs = parity.timm_vit({**config, 'transformer': config['transformer']},
+  theirs = torch_models.timm_vit({**config, 'transformer': config['transformer']},
                            gelu_approximate=False, image_size=32)
-  state = {k: torch.from_numpy(v) for k, v in convert_timm.to_timm(flat).items()}
+  state = {k: torch.from_numpy(v) for k, v in timm_keys.to_timm(flat).items()}
   theirs.load_state_dict(state, strict=True)  # Every timm tensor has a counterpart in ours.
   with torch.no_grad():
     expected = theirs(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
@@ -49,7 +49,7 @@ def test_options_match_timm(timm, classifier, options):
   assert np.abs(ours).max() > 0.1
   np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
   # And back: timm's state dict -> ours is the identity on our parameters.
-  back = convert_timm.from_timm({k: v.numpy() for k, v in theirs.state_dict().items()},
+  back = timm_keys.from_timm({k: v.numpy() for k, v in theirs.state_dict().items()},
                                 num_heads=2)
   assert sorted(back) == sorted(flat)
   for key, value in flat.items():

@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from vit_jax import checkpoint
-from vit_jax import from_checkpoint
 from vit_jax import image_io
 from vit_jax import labels as labels_lib
+from vit_jax.checkpoint import model_from
 
 FLAGS = flags.FLAGS
 
@@ -75,7 +75,7 @@ def scores_from_logits(logits: np.ndarray, activation: str = 'auto') -> np.ndarr
   raise ValueError(f"Unknown activation {activation!r}; expected 'auto', 'softmax' or 'sigmoid'")
 
 
-def classify(loaded: from_checkpoint.LoadedModel, paths: Sequence[str], *, top_k: int = 5,
+def classify(loaded: model_from.LoadedModel, paths: Sequence[str], *, top_k: int = 5,
              names: Sequence[str] | None = None, activation: str = 'auto',
              batch_size: int = 16) -> tuple[list[Prediction], dict[str, str]]:
   """Runs the model over image files.
@@ -150,9 +150,9 @@ def main(argv: Sequence[str]) -> int:
   if not paths:
     raise app.UsageError('Name at least one image file')
   try:
-    loaded = from_checkpoint.load_file(FLAGS.checkpoint, FLAGS.model,
-                                       image_size=FLAGS.image_size,
-                                       normalization=FLAGS.normalization)
+    loaded = model_from.load_file(FLAGS.checkpoint, FLAGS.model,
+                                  image_size=FLAGS.image_size,
+                                  normalization=FLAGS.normalization)
   except (FileNotFoundError, KeyError, checkpoint.CheckpointError) as e:
     sys.exit(f'classify: cannot load {FLAGS.checkpoint}: {e}')
   num_classes = getattr(loaded.model, 'num_classes', None)

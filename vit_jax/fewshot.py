@@ -154,14 +154,15 @@ _PP = {'minus_one_one': 'value_range(-1, 1)', 'zero_one': 'value_range(0, 1)',
 def main(argv: Sequence[str]) -> int:
   del argv
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpoint, convert, from_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax import checkpoint, convert  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoint import model_from  # pylint: disable=g-import-not-at-top
   try:
     read = convert.read(FLAGS.checkpoint, model_name=FLAGS.model)
     # The GELU form the file was trained with, where its format says (timm, HF: exact).
     overrides = {} if read.gelu_approximate is None or FLAGS.model else {
         'transformer': {'gelu_approximate': read.gelu_approximate}}
-    loaded = from_checkpoint.load_model(checkpoint.unflatten(read.params), FLAGS.model,
-                                        image_size=FLAGS.image_size, **overrides)
+    loaded = model_from.load_model(checkpoint.unflatten(read.params), FLAGS.model,
+                                   image_size=FLAGS.image_size, **overrides)
   except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f'fewshot: cannot load {FLAGS.checkpoint}: {e}')
   height, width = loaded.image_size

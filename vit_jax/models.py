@@ -10,29 +10,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vit_jax import models_cnn
-from vit_jax import models_resnet
-from vit_jax import models_resnet_v1
-from vit_jax.models_swin import SwinTransformer
+from vit_jax import families
 from vit_jax.models_vit import VisionTransformer
 from vit_jax.zoo import MODEL_CONFIGS, MODEL_FAMILIES
 
-__all__ = ['MODEL_CONFIGS', 'VisionTransformer', 'get_model', 'init_shapes', 'model_class']
-
-_CLASSES: dict[str, type[nn.Module]] = {
-    'vit': VisionTransformer,
-    'swin': SwinTransformer,
-    'bit': models_resnet.ResNetV2,
-    'resnet': models_resnet_v1.ResNet,
-    'cnn': models_cnn.CifarCNN,
-}
+__all__ = ['MODEL_CONFIGS', 'MODEL_FAMILIES', 'VisionTransformer', 'get_model', 'init_shapes',
+           'model_class']
 
 
 def model_class(name: str) -> type[nn.Module]:
-  """The Flax module class of a zoo entry."""
-  if name not in MODEL_CONFIGS:
-    raise KeyError(f'Unknown model {name!r}; known models: {", ".join(sorted(MODEL_CONFIGS))}')
-  return _CLASSES[MODEL_FAMILIES[name]]
+  """The Flax module class of a zoo entry (its family's); KeyError naming the known models."""
+  return families.of_model(name).module
 
 
 def get_model(name: str, *, num_classes: int | None, **overrides: Any) -> nn.Module:

@@ -27,11 +27,6 @@ Array = jax.Array
 Dtype = Any
 Padding = str | Sequence[tuple[int, int]]
 
-# The epsilons of timm's port of the hybrids, for parity with it: `(w - m) / sqrt(var + 1e-8)` and
-# GroupNorm 1e-5 (the original uses `(w - m) / (std + 1e-5)` and GroupNorm 1e-6). Pass as
-# `resnet={..., **TIMM_HYBRID_EPS}`.
-TIMM_HYBRID_EPS = {'conv_eps': 1e-8, 'conv_eps_in_sqrt': True, 'gn_eps': 1e-5}
-
 
 def standardize_weight(kernel: Array, *, eps: float, eps_in_sqrt: bool) -> Array:
   """Weight standardization (Qiao et al. 2019) of an HWIO kernel, per output channel.

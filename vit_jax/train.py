@@ -27,6 +27,7 @@ import numpy as np
 
 from vit_jax import checkpoint
 from vit_jax import distill
+from vit_jax import families
 from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import models
@@ -46,9 +47,8 @@ def load_pretrained_state(config: ml_collections.ConfigDict, model: nn.Module,
   """The non-parameter variables exported beside `config.pretrained_path` (BatchNorm
   statistics), checked against `model`; None where the file has none or the model needs none."""
   saved = workdir_lib.read_state(config.pretrained_path)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1,) + image_shape), train=False))
-  wanted = {k: v for k, v in shapes.items() if k not in ('params', 'intermediates')}
+  shapes = models.init_shapes(model, image_shape[:2])
+  wanted = {k: v for k, v in shapes.items() if k != 'params'}
   if not saved or not wanted:
     return None
   missing = sorted(set(wanted) - set(saved))
@@ -61,22 +61,13 @@ def load_pretrained_state(config: ml_collections.ConfigDict, model: nn.Module,
 def load_pretrained_params(config: ml_collections.ConfigDict, model: nn.Module,
                            image_shape: tuple[int, int, int]) -> Any:
   """`config.pretrained_path` prepared for `model` at `image_shape` (host numpy arrays)."""
-  # The fresh head comes from the model's own initialiser (zeros by default).
+  # The fresh head comes from the model's own initialiser (zeros by default), so this one init
+  # computes values rather than only shapes.
   init_params = jax.device_get(jax.jit(lambda: model.init(
       jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
                                ['params'])
-  if models.MODEL_FAMILIES.get(config.model_name) == 'swin':
-    from vit_jax import swin_convert  # pylint: disable=g-import-not-at-top
-    # Official/timm weights in any layout; bias tables resized to the model's windows.
-    return swin_convert.load_pretrained(config.pretrained_path, init_params)
-  grid = None
-  if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
-    ph, pw = model.patches['size']
-    grid = (image_shape[0] // ph, image_shape[1] // pw)
-  params = checkpoint.load_pretrained(
-      pretrained_path=config.pretrained_path, init_params=init_params,
-      model_config={'representation_size': getattr(model, 'representation_size', None)},
-      grid=grid)
+  family = families.of_model(config.model_name)
+  params = family.load_pretrained(config.pretrained_path, init_params, model, image_shape)
   logging.info('Loaded pre-trained parameters from %s', config.pretrained_path)
   return params
 

@@ -31,9 +31,11 @@ import numpy as np
 from PIL import Image
 
 from vit_jax import checkpoint
-from vit_jax import from_checkpoint
+from vit_jax import families
 from vit_jax import image_io
 from vit_jax import interpret
+from vit_jax.checkpoint import architecture
+from vit_jax.checkpoint import model_from
 
 SUBCOMMANDS = ('attention', 'rollout', 'posemb', 'filters', 'curves')
 
@@ -246,26 +248,26 @@ def plot_curves(scalars: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str,
 # Commands.
 
 
-def _load(sow_weights: bool = False) -> from_checkpoint.LoadedModel:
+def _load(sow_weights: bool = False) -> model_from.LoadedModel:
   """The checkpoint's ViT (plain or hybrid); other families have no global attention."""
   overrides = {'sow_weights': True} if sow_weights else {}
-  loaded = from_checkpoint.load_file(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size,
+  loaded = model_from.load_file(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size,
                                      normalization=FLAGS.normalization, **overrides)
-  if loaded.family != 'vit':
+  if not families.by_name(loaded.family).global_attention:
     raise ValueError(f'{FLAGS.model or FLAGS.checkpoint} is a {loaded.family} model: these '
                      'figures need a plain or hybrid ViT (Swin attends within shifted windows, '
                      'the ResNets have no attention)')
   return loaded
 
 
-def _token_layout(loaded: from_checkpoint.LoadedModel) -> tuple[int, tuple[int, int]]:
+def _token_layout(loaded: model_from.LoadedModel) -> tuple[int, tuple[int, int]]:
   """(number of prefix tokens, (h, w) patch grid) of a loaded ViT."""
   model = loaded.model
   fields = {'patches': model.patches, 'resnet': model.resnet, 'classifier': model.classifier,
             'distilled': getattr(model, 'distilled', False)}
-  stride = from_checkpoint.feature_stride(fields)
+  stride = architecture.feature_stride(fields)
   grid = (loaded.image_size[0] // stride, loaded.image_size[1] // stride)
-  return from_checkpoint.num_prefix_tokens(fields), grid
+  return architecture.num_prefix_tokens(fields), grid
 
 
 def attention_command(output: str, layer: int = -1, rollout: bool = False) -> str:

@@ -11,7 +11,7 @@ Export: `DIR/model.npz` holds the final parameters in the original layout (timm 
   has any;
 - `model.json`, the model card: zoo name and config overrides, number of classes and their names,
   the image size and the eval preprocessing with its pixel normalisation. The tools
-  (`classify`, `visualize`, `from_checkpoint.load_file`) feed the model as it was trained from
+  (`classify`, `visualize`, `checkpoint.model_from.load_file`) feed the model as it was trained from
   it; released checkpoints have none, and the tools then fall back to per-family defaults.
 
 Every file is written atomically: a reader never sees a half-written model.

@@ -9,20 +9,20 @@ import statistics
 import time
 from typing import Any
 
+from vit_jax import families
 from vit_jax import models
 
 
-def _timm_counterpart(name: str, resolution: int, num_classes: int) -> Any:
-  """The timm module of zoo model `name` (ViT, hybrid or Swin), randomly initialised."""
-  from vit_jax import parity  # pylint: disable=g-import-not-at-top
+def timm_counterpart(name: str, resolution: int, num_classes: int) -> Any:
+  """The timm module of zoo model `name`, randomly initialised, from its family's record."""
+  family = families.of_model(name)
+  if family.torch_model is None:
+    raise ValueError(f'--compare-timm needs a timm counterpart; the {family.name} family of '
+                     f'{name} has none')
   config = models.MODEL_CONFIGS[name].to_dict()
-  family = models.MODEL_FAMILIES[name]
-  if family == 'swin':
-    return parity.timm_swin({**config, 'num_classes': num_classes})
-  if family != 'vit':
-    raise ValueError(f'--compare-timm covers ViT, hybrid and Swin models, not {name}')
-  return parity.timm_vit({**config, 'num_classes': num_classes}, image_size=resolution,
-                         gelu_approximate=config['transformer'].get('gelu_approximate', True))
+  gelu_approximate = config.get('transformer', {}).get('gelu_approximate', True)
+  return family.torch_model({**config, 'num_classes': num_classes}, image_size=resolution,
+                            gelu_approximate=gelu_approximate)
 
 
 def measure_timm(name: str, batch: int, resolution: int, num_classes: int, dtype: str,
@@ -36,7 +36,7 @@ def measure_timm(name: str, batch: int, resolution: int, num_classes: int, dtype
   if threads:
     torch.set_num_threads(threads)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
-  model = _timm_counterpart(name, resolution, num_classes).to(device)
+  model = timm_counterpart(name, resolution, num_classes).to(device)
   images = torch.randn(batch, 3, resolution, resolution, device=device)
   labels = torch.randint(0, num_classes, (batch,), device=device)
   autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')

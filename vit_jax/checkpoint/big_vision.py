@@ -7,8 +7,8 @@ release: `..._1`, `LayerNorm_2`, `MlpBlock_3`), and its learned position embeddi
 so in our layout its row is zero. Encoders are usually scanned (`Transformer/encoderblock/...`
 with a leading layer axis). The MAP head (`MAPHead_0`) has our names already. Files of a two-tower
 model (SigLIP) nest the image tower under `params/img/`; the text tower and the logit scale and
-bias (`txt/`, `t`, `b`) are dropped. Importing `vit_jax.checkpoint` registers this layout, so
-`checkpoint.load` and `load_pretrained` read these files directly.
+bias (`txt/`, `t`, `b`) are dropped. `npz.LAYOUTS` lists this layout, so `checkpoint.load` and
+`load_pretrained` read these files directly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import Any, Mapping, Sequence
 from absl import logging
 import numpy as np
 
-from vit_jax import checkpoint
+from vit_jax.checkpoint import files
+from vit_jax.checkpoint import tree
+from vit_jax.checkpoint.errors import CheckpointError
+from vit_jax.checkpoint.layout import Layout
 
 FlatParams = dict[str, np.ndarray]
 
@@ -57,7 +60,7 @@ def _rename_block(key: str, table: Mapping[str, str]) -> str:
     return key
   block, child, rest = match.groups()
   if child not in table:
-    raise checkpoint.CheckpointError(
+    raise CheckpointError(
         f'Unrecognised key in a big_vision checkpoint: {key} (a block holds '
         f'{", ".join(sorted(table))})')
   return f'{block}/{table[child]}{rest}'
@@ -93,8 +96,8 @@ def from_params(flat: Mapping[str, Any], *, scan: bool = True,
   Raises:
     CheckpointError: a [CLS] position row that is not zero (big_vision has none).
   """
-  flat = {k: checkpoint._to_numpy(v) for k, v in flat.items()}  # pylint: disable=protected-access
-  flat = checkpoint.stack_encoder(flat) if scan else checkpoint.unstack_encoder(flat)
+  flat = {k: tree.to_numpy(v) for k, v in flat.items()}
+  flat = tree.stack_encoder(flat) if scan else tree.unstack_encoder(flat)
   ours_to_bv = {v: k for k, v in _BLOCK_NAMES.items()}
   out = {}
   for key, value in flat.items():
@@ -102,7 +105,7 @@ def from_params(flat: Mapping[str, Any], *, scan: bool = True,
       key = _POSEMB_BV
       if 'cls' in flat:
         if np.any(value[:, 0]):
-          raise checkpoint.CheckpointError(
+          raise CheckpointError(
               'big_vision models add no position embedding to [CLS], but row 0 of '
               f'{_POSEMB} is not zero')
         value = value[:, 1:]
@@ -113,17 +116,13 @@ def from_params(flat: Mapping[str, Any], *, scan: bool = True,
 def save(params: Mapping[str, Any], path: str | os.PathLike, *, scan: bool = True,
          prefix: str = '') -> None:
   """Writes `params` as a big_vision `.npz` (see `from_params`), atomically."""
-  flat = from_params(checkpoint.flatten(params), scan=scan, prefix=prefix)
-  with checkpoint.atomic_path(path) as tmp, open(tmp, 'wb') as f:
-    np.savez(f, **flat)
+  files.write_npz(from_params(tree.flatten(params), scan=scan, prefix=prefix), path)
 
 
-LAYOUT = checkpoint.Layout(
+LAYOUT = Layout(
     name='big_vision',
     matches_checkpoint=is_big_vision,
     matches_params=lambda keys: False,  # `checkpoint.save` writes the original layout.
     to_params=to_params,
     from_params=from_params,
 )
-if all(layout.name != LAYOUT.name for layout in checkpoint.LAYOUTS):
-  checkpoint.LAYOUTS.insert(0, LAYOUT)

@@ -14,7 +14,7 @@ one timm's own `.npz` loader (`_load_weights`) applies, run in both directions:
 - Register tokens `reg` are `reg_token`; LayerScale `ls1`/`ls2` `scale` are `ls1.gamma`/`ls2.gamma`;
   qk-norm's `qk_norm/{query,key}_norm` are `attn.q_norm`/`attn.k_norm`.
 
-Nothing here needs torch: values stay NumPy arrays, and files are written by `convert`.
+Nothing here needs torch: values stay NumPy arrays, and `files` writes them.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ from typing import Mapping
 
 import numpy as np
 
+from vit_jax.checkpoint.errors import ConversionError
+
 FlatParams = dict[str, np.ndarray]
-
-
-class ConversionError(ValueError):
-  """Parameters that the target format cannot represent, or a malformed source."""
-
 
 _LN = (('scale', 'weight'), ('bias', 'bias'))
 _BLOCK = 'Transformer/encoderblock_'

@@ -1,0 +1,167 @@
+"""Swin weights: PyTorch state dicts (official Microsoft release, timm) <-> our parameters.
+
+State dicts come in two layouts:
+
+- official: `layers.{i}.downsample` closes stage i (i = 0 .. n-2), the classifier is `head`, and
+  the buffers `relative_position_index` / `attn_mask` are stored;
+- timm (current): `layers.{i}.downsample` opens stage i (i = 1 .. n-1), the classifier is
+  `head.fc`, no buffers.
+
+Both are read; buffers are always dropped (`models_swin` recomputes them from static shapes).
+`to_state_dict` writes timm's current layout, `to_official_state_dict` the official one.
+
+A Swin `.npz` is our `/`-keyed parameter tree (what `checkpoint.save` and a training export
+write). An `.npz` whose keys are all dotted torch names (no `/`) is a state dict that someone
+saved with numpy: `STATE_DICT_NPZ_LAYOUT` reads it when it is a Swin state dict and names the
+unknown keys otherwise. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from vit_jax.checkpoint import tree
+from vit_jax.checkpoint.errors import SwinCheckpointError
+from vit_jax.checkpoint.layout import Layout
+
+Params = dict[str, Any]
+StateDict = dict[str, np.ndarray]
+
+TABLE = 'relative_position_bias_table'
+BUFFERS = ('relative_position_index', 'attn_mask')
+# Every parameter key of a Swin state dict (either layout), after dropping buffers.
+_KEY_RES = tuple(re.compile(pattern) for pattern in (
+    r'^patch_embed\.(proj|norm)\.(weight|bias)$',
+    r'^layers\.\d+\.blocks\.\d+\.(norm1|norm2)\.(weight|bias)$',
+    r'^layers\.\d+\.blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias)$',
+    r'^layers\.\d+\.blocks\.\d+\.attn\.relative_position_bias_table$',
+    r'^layers\.\d+\.blocks\.\d+\.mlp\.(fc1|fc2)\.(weight|bias)$',
+    r'^layers\.\d+\.downsample\.(norm\.weight|norm\.bias|reduction\.weight)$',
+    r'^norm\.(weight|bias)$',
+    r'^head(\.fc)?\.(weight|bias)$',
+))
+_DOWNSAMPLE_RE = re.compile(r'^layers\.(\d+)\.downsample\.')
+_INDEX_RE = re.compile(r'\.(\d+)(?=\.|$)')
+
+
+def has_bias_tables(keys: Sequence[str]) -> bool:
+  """Whether state-dict keys or our flat parameter paths are a Swin Transformer's."""
+  return any(key.endswith(TABLE) for key in keys)
+
+
+
+
+def _is_official_layout(keys: Sequence[str]) -> bool:
+  # Stage 0 never opens with a merge; only the official layout has a downsample numbered 0.
+  return any(key.startswith('layers.0.downsample.') for key in keys)
+
+
+def _convert_value(key: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  """One state-dict entry -> (our flat path, array)."""
+  parts = key.split('.')
+  leaf, parent = parts[-1], parts[-2] if len(parts) > 1 else ''
+  value = np.asarray(value, np.float32)
+  if leaf == TABLE:
+    if value.ndim != 2:
+      raise SwinCheckpointError(f'{key} must be (positions, heads), got shape {value.shape}')
+    new_leaf = TABLE
+  elif leaf == 'bias':
+    new_leaf = 'bias'
+  elif 'norm' in parent:
+    new_leaf = 'scale'
+  elif parent == 'proj' and parts[0] == 'patch_embed':
+    if value.ndim != 4:
+      raise SwinCheckpointError(f'{key} must be a (out, in, kh, kw) conv, got {value.shape}')
+    new_leaf, value = 'kernel', value.transpose(2, 3, 1, 0)
+  else:
+    if value.ndim != 2:
+      raise SwinCheckpointError(f'{key} must be a (out, in) Linear weight, got {value.shape}')
+    new_leaf, value = 'kernel', value.T
+  if leaf in ('bias', 'weight') and new_leaf != 'kernel' and value.ndim != 1:
+    raise SwinCheckpointError(f'{key} must be a vector, got shape {value.shape}')
+  path = _INDEX_RE.sub(r'_\1', '.'.join(parts[:-1])).replace('.', '/')
+  return f'{path}/{new_leaf}', value
+
+
+def from_state_dict(state_dict: Mapping[str, Any]) -> Params:
+  """Converts an official or timm Swin state dict (numpy arrays) to our nested parameters.
+
+  Raises:
+    SwinCheckpointError: naming every key that is not a Swin parameter or buffer, and any
+      parameter with the wrong number of dimensions.
+  """
+  keys = [key for key in state_dict if not key.endswith(BUFFERS)]
+  unknown = [key for key in keys if not any(r.match(key) for r in _KEY_RES)]
+  if unknown:
+    raise SwinCheckpointError(
+        'Not a Swin state dict; unknown keys: ' + ', '.join(
+            f'{key} {tuple(np.shape(state_dict[key]))}' for key in unknown))
+  if not keys:
+    raise SwinCheckpointError('The state dict holds no Swin parameters')
+  official = _is_official_layout(keys)
+  flat = {}
+  for key in keys:
+    name = key
+    if official:
+      # The merge that closes stage i is the one that opens stage i + 1 in our layout.
+      name = _DOWNSAMPLE_RE.sub(lambda m: f'layers.{int(m.group(1)) + 1}.downsample.', name)
+    name = re.sub(r'^head\.fc\.', 'head.', name)
+    path, value = _convert_value(name, np.asarray(state_dict[key]))
+    if path in flat:
+      raise SwinCheckpointError(f'{key} maps to {path}, which another key already filled')
+    flat[path] = value
+  return tree.unflatten(flat)
+
+
+def to_state_dict(params: Mapping[str, Any]) -> StateDict:
+  """Our parameters -> a state dict in timm's current layout (float32 numpy, no buffers)."""
+  state_dict = {}
+  for path, value in tree.flatten(params).items():
+    value = np.asarray(value, np.float32)
+    *parents, leaf = path.split('/')
+    if leaf == 'kernel':
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+      leaf = 'weight'
+    elif leaf == 'scale':
+      leaf = 'weight'
+    key = re.sub(r'_(\d+)(?=\.|$)', r'.\1', '.'.join(parents + [leaf]))
+    if key.startswith('head.'):
+      key = 'head.fc.' + key[len('head.'):]
+    if not any(r.match(key) for r in _KEY_RES):
+      raise SwinCheckpointError(f'{path} is not a Swin parameter (would be saved as {key})')
+    state_dict[key] = value
+  return state_dict
+
+
+def to_official_state_dict(params: Mapping[str, Any]) -> StateDict:
+  """Our parameters -> the official Microsoft layout (merges close stages, `head`, no buffers)."""
+  state_dict = {}
+  for key, value in to_state_dict(params).items():
+    key = _DOWNSAMPLE_RE.sub(lambda m: f'layers.{int(m.group(1)) - 1}.downsample.', key)
+    state_dict[re.sub(r'^head\.fc\.', 'head.', key)] = value
+  return state_dict
+
+
+def _is_state_dict_npz(keys: Sequence[str]) -> bool:
+  return all('/' not in key for key in keys) and any('.' in key for key in keys)
+
+
+def _state_dict_npz_to_params(flat: StateDict) -> StateDict:
+  try:
+    return tree.flatten(from_state_dict(flat))
+  except SwinCheckpointError as e:
+    raise SwinCheckpointError(
+        f'An .npz of dotted (torch) keys is read as a Swin state dict, the only kind vit_jax '
+        f'reads from .npz; save other models with checkpoint.save. {e}') from e
+
+
+STATE_DICT_NPZ_LAYOUT = Layout(
+    name='swin_state_dict',
+    matches_checkpoint=_is_state_dict_npz,
+    matches_params=lambda keys: False,  # `checkpoint.save` writes the parameter tree.
+    to_params=_state_dict_npz_to_params,
+    from_params=to_state_dict,
+)
