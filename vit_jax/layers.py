@@ -47,13 +47,13 @@ def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] =
 
   `jax.nn.dot_product_attention` picks cuDNN flash attention on GPUs; it has neither attention
   dropout nor a way to return the weights, so those two cases (training with attention dropout,
-  and `sow_weights=True` for attention maps) take flax's explicit softmax path. So do CPUs:
-  XLA has no fused kernel there, and its generic lowering of `dot_product_attention` trains
-  slower than the explicit einsum-softmax-einsum (BENCHMARKS.md); the two agree to float32
-  rounding.
+  and `sow_weights=True` for attention maps) take flax's explicit softmax path. So does training
+  on CPUs: XLA has no fused kernel there, and the backward pass of its generic lowering is
+  slower than that of the explicit einsum-softmax-einsum, while its forward is faster
+  (BENCHMARKS.md). The two agree to float32 rounding.
   """
   if (module is not None or (dropout_rate > 0. and not deterministic)
-      or jax.default_backend() == 'cpu'):
+      or (not deterministic and jax.default_backend() == 'cpu')):
     return nn.dot_product_attention(
         query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
         dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
