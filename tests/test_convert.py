@@ -330,6 +330,7 @@ def test_tools_import_without_torch_transformers_or_tensorflow():
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   code = ('import sys, runpy; import vit_jax.convert, vit_jax.classify, vit_jax.visualize; '
+          'import vit_jax.families; from vit_jax.checkpoint import formats, model_from, parity; '
           'runpy.run_path("scripts/benchmark.py", run_name="benchmark"); '
           'print([m for m in ("torch", "transformers", "tensorflow") if m in sys.modules])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
