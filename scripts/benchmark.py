@@ -5,6 +5,8 @@ r"""Throughput, compile time, memory and FLOPs of zoo models; optionally against
       --output=bench.md
   python scripts/benchmark.py --models= --attention-cost
   python scripts/benchmark.py --models= --resume-pipeline --batch=128
+  python scripts/benchmark.py --models= --job-loop=configs/cifar10_scratch.py:quick
+  python scripts/benchmark.py --models= --preprocess --batch=32
 
 For each model: images/second of inference (`apply`, train=False) and of one training step (the
 training loop's own step, `vit_jax.step.make_train_step`: forward, backward, SGD with momentum
@@ -17,10 +19,13 @@ batch, resolution and dtype, with a torch SGD step, and prints ours/timm ratios.
 `--attention-cost` times global against windowed (Swin) attention on a 56x56 token grid.
 `--resume-pipeline` times the training input pipeline's first batch when a run resumes at 0% and
 at 90% of an epoch, on a generated folder of small PNGs and on CIFAR-10's train split (where
-TFDS_DATA_DIR holds it).
+TFDS_DATA_DIR holds it). `--job-loop` runs a training job's loop against its step alone (one
+cached batch) and its input pipeline alone, to show whether the input throttles the step. `--preprocess` measures the fine-tuning input
+pipeline (decode, Inception crop, resize, flip) in images/s per CPU core on generated JPEGs of
+ImageNet's sizes, to size the host that feeds an accelerator.
 
 Results go to stdout as markdown tables, and to `--output`. The script imports TensorFlow only
-under `--resume-pipeline`, and torch (with timm) only under `--compare-timm`. The measurements
+under `--resume-pipeline`, `--job-loop` and `--preprocess`, and torch (with timm) only under `--compare-timm`. The measurements
 live in `vit_jax.benchmarking` (flops, timing, memory, timm_side, resume, report); this file is
 their command line.
 
@@ -67,9 +72,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                            'epoch (imports TensorFlow).')
   parser.add_argument('--resume-examples', type=int, default=50_000,
                       help='PNG files in the generated image folder of --resume-pipeline.')
+  parser.add_argument('--job-loop', default=None, metavar='CONFIG',
+                      help='Images/s of the training job CONFIG (configs/FILE.py:ARGS) against '
+                           'its step alone and its input pipeline alone (imports TensorFlow).')
+  parser.add_argument('--job-steps', type=int, default=50,
+                      help='Timed steps (after as many untimed ones) of --job-loop.')
+  parser.add_argument('--preprocess', action='store_true',
+                      help='Images/s per core of the fine-tuning input pipeline on generated '
+                           'ImageNet-size JPEGs, at --preprocess-size (imports TensorFlow).')
+  parser.add_argument('--preprocess-size', type=int, default=384)
+  parser.add_argument('--preprocess-images', type=int, default=512,
+                      help='JPEG files in the generated image folder of --preprocess.')
   parser.add_argument('--output', default=None, help='Also write the tables to this file.')
   args = parser.parse_args(argv)
-  for field in ('batch', 'resolution', 'iterations', 'attention_batch', 'resume_examples'):
+  for field in ('batch', 'resolution', 'iterations', 'attention_batch', 'resume_examples',
+                'job_steps', 'preprocess_size', 'preprocess_images'):
     if getattr(args, field) < 1:
       parser.error(f'--{field.replace("_", "-")} must be positive')
   return args

@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 
+from vit_jax import config_args
 from vit_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,5 +141,5 @@ def config_module(name):
 
 def load_config(name, arg=''):
   """`configs/<name>:<arg>` as `--config` would load it."""
-  module = config_module(name)
-  return module.get_config(arg) if arg else module.get_config()
+  path = os.path.join(REPO, 'configs', name)
+  return config_args.load_config(f'{path}:{arg}' if arg else path)

@@ -91,3 +91,37 @@ def test_resume_pipeline_times_the_first_batch_at_0_and_90_percent():
           if line.startswith('| image folder')]
   assert [r[2:5] for r in rows] == [['0%', '0', '0'], ['90%', '16', '256']]  # 18 steps/epoch.
   assert all(float(r[6]) > 0 for r in rows)
+
+
+
+def test_job_loop_rates_a_short_job_its_step_alone_and_its_pipeline(data_overrides):
+  import tensorflow as tf
+  import tiny_config
+  from vit_jax.benchmarking import job_loop
+  config = tiny_config.for_data(data_overrides)
+  quick = job_loop.quick_config(config, steps=3)
+  assert (quick.total_steps, quick.log_every, quick.export_npz) == (6, 3, False)
+  assert quick.eval_every > 6 and quick.checkpoint_every > 6
+  assert quick.eval_split == config.eval_split  # Already a slice.
+  config.eval_split = 'test'
+  assert job_loop.quick_config(config, 3).eval_split == 'test[:64]'  # One eval batch.
+  # The step-alone run's stream is its first batch over and over.
+  stream = job_loop.one_batch_repeated(
+      lambda: tf.data.Dataset.range(10).batch(2))().as_numpy_iterator()
+  assert [next(stream).tolist() for _ in range(3)] == [[0, 1]] * 3
+  rates = job_loop.rates(config, steps=3)
+  assert list(rates) == ['job', 'step alone', 'pipeline alone']
+  assert all(rate > 0 for rate in rates.values()), rates
+
+
+def test_preprocess_rates_the_finetuning_pipeline_on_imagenet_size_jpegs(tmp_path):
+  from PIL import Image
+  from vit_jax.benchmarking import preprocess_speed
+  kib = preprocess_speed.write_jpeg_folder(str(tmp_path), 6, num_classes=2)
+  files = sorted((tmp_path / 'train').glob('*/*.jpg'))
+  assert len(files) == 6
+  assert {Image.open(f).size for f in files} == {(w, h) for h, w in preprocess_speed.SHAPES}
+  assert 30 < kib < 400  # Photo-like: ImageNet's JPEGs average about 110 KiB.
+  rate = preprocess_speed.images_per_s(1, str(tmp_path), 64, preprocess_speed.PP_FINETUNE,
+                                       batch=4, batches=2)
+  assert rate > 0

@@ -53,6 +53,14 @@ def test_bad_config_arguments_are_rejected():
     load_config('finetune.py', 'ViT-B_16,mnist')
   with pytest.raises(ValueError, match="takes 'MODEL,DATASET'"):
     load_config('finetune.py', 'ViT-B_16')
+  with pytest.raises(FileNotFoundError, match="'configs/nope.py'"):
+    config_args.load_config('configs/nope.py:quick')
+
+
+def test_load_config_reads_file_and_args_as_the_config_flag_does():
+  config = config_args.load_config(os.path.join(REPO, 'configs/cifar10_scratch.py:quick'))
+  assert config.total_steps == 1000 and config.model_name == 'ViT-CIFAR_4'
+  assert config_args.load_config(os.path.join(REPO, 'configs/cifar10_scratch.py')).num_epochs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ arguments and values of the wrong type are a `ValueError` naming the argument an
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -99,3 +101,15 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     raise ValueError(f'Config argument {missing[0]!r} missing from {arg!r}; {known}')
   return ml_collections.ConfigDict(
       {k: values.get(k, False if v is bool else v) for k, v in spec.items()})
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config `FILE.py[:ARGS]` names, loaded by path as `--config=FILE.py:ARGS` loads it."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file not found: {path!r} (from {spec!r})')
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

@@ -12,7 +12,9 @@ import numpy as np
 
 from vit_jax import models
 from vit_jax.benchmarking import flops as flops_lib
+from vit_jax.benchmarking import job_loop
 from vit_jax.benchmarking import memory
+from vit_jax.benchmarking import preprocess_speed
 from vit_jax.benchmarking import report
 from vit_jax.benchmarking import resume
 from vit_jax.benchmarking import timing
@@ -92,6 +94,13 @@ def run(args: argparse.Namespace) -> str:
   if args.resume_pipeline:
     emit()
     emit(resume.resume_pipeline_table(args.batch, args.iterations, args.resume_examples))
+  if args.job_loop:
+    emit()
+    emit(job_loop.job_loop_table(args.job_loop, args.job_steps))
+  if args.preprocess:
+    emit()
+    emit(preprocess_speed.preprocess_table(args.preprocess_images, args.preprocess_size,
+                                           args.batch, args.iterations))
   text = '\n'.join(lines) + '\n'
   if args.output:
     with open(args.output, 'w', encoding='utf-8') as f:
