@@ -324,7 +324,7 @@ def test_bad_paths_and_files_give_clear_errors(tmp_path):
     convert.read(tmp_path / 'out.safetensors')  # Width 32 is not a zoo width: heads unknown.
 
 
-def test_tools_import_without_torch_transformers_or_tensorflow():
+def test_tools_import_without_torch_transformers_tensorflow_or_orbax():
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -332,7 +332,7 @@ def test_tools_import_without_torch_transformers_or_tensorflow():
   code = ('import sys, runpy; import vit_jax.convert, vit_jax.classify, vit_jax.visualize; '
           'import vit_jax.families; from vit_jax.checkpoint import formats, model_from, parity; '
           'runpy.run_path("scripts/benchmark.py", run_name="benchmark"); '
-          'print([m for m in ("torch", "transformers", "tensorflow") if m in sys.modules])')
+          'print([m for m in ("torch", "transformers", "tensorflow", "orbax") if m in sys.modules])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        cwd=root, env={**os.environ, 'PYTHONPATH': root})
   assert out.stdout.strip().splitlines()[-1] == '[]'

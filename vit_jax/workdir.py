@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TYPE_CHECKING
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from vit_jax import checkpoint
 from vit_jax import image_io
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,6 +156,8 @@ def read_state(params_path: str | os.PathLike) -> dict[str, Any] | None:
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """The Orbax manager of `workdir`'s train-state checkpoints, keeping the last `keep`."""
+  # Orbax is imported here, not with the module: the tools that read model cards need none of it.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,redefined-outer-name
   return ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True))
@@ -169,6 +173,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, shardings: Any) -
     return state
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,redefined-outer-name
   restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
   logging.info('Resumed from the checkpoint of step %d in %s', latest, manager.directory)
   return restored
@@ -176,6 +181,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, shardings: Any) -
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
   """Starts saving `state` as the checkpoint of `step` (asynchronous; see `wait_until_finished`)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,redefined-outer-name
   manager.save(step, args=ocp.args.StandardSave(state))
 
 
