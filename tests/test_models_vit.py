@@ -155,3 +155,36 @@ def test_bad_input_is_rejected_with_a_clear_error():
     models.get_model('ViT-Q_16', num_classes=1)
   with pytest.raises(TypeError, match='no_such_field'):
     models.get_model('ViT-Ti_16', num_classes=1, no_such_field=1)
+
+
+def test_training_and_inference_attention_paths_agree_with_numpy():
+  """On CPU, training takes flax's einsum attention and inference `jax.nn.dot_product_attention`
+  (BENCHMARKS.md, issue 14): both must be the same function, values and gradients."""
+  from vit_jax import layers
+  q, k, v = (np.asarray(jax.random.normal(key, (2, 7, 3, 8)))
+             for key in jax.random.split(jax.random.key(0), 3))
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum('bhqk,bkhd->bqhd', weights, v)
+
+  def loss(q, k, v, deterministic):
+    out = layers.attention_fn(q, k, v, deterministic=deterministic)
+    return jnp.sum(jnp.sin(out)), out
+
+  results = [jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v, d)
+             for d in (False, True)]
+  (_, train_out), train_grads = results[0]
+  (_, infer_out), infer_grads = results[1]
+  np.testing.assert_allclose(train_out, expected, atol=1e-5)
+  np.testing.assert_allclose(infer_out, expected, atol=1e-5)
+  for a, b in zip(train_grads, infer_grads):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  # The whole model: train=True without dropout is the inference function.
+  model = models.get_model('ViT-Ti_16', num_classes=5)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  params = randomize(model.init(jax.random.key(2), images, train=False)['params'])
+  train_logits = model.apply({'params': params}, images, train=True,
+                             rngs={'dropout': jax.random.key(3)})
+  np.testing.assert_allclose(train_logits, model.apply({'params': params}, images, train=False),
+                             atol=1e-5)
