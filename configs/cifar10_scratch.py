@@ -8,7 +8,7 @@ batch 128, 50 epochs, random crop 32 with padding 4 + horizontal flip, CIFAR mea
 
 Argument `quick`: the README's main job, a short schedule (1,000 steps) for a CPU.
 Expected:
-  quick: 53.8% top-1 / 94.5% top-5 on all 10,000 test images (measured; its time is in the
+  quick: 53.6% top-1 / 94.4% top-5 on all 10,000 test images (measured; its time is in the
     README's quick start);
   full (50 epochs): 82-85% test accuracy (the seeds' report); not run here.
 """
