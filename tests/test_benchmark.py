@@ -125,3 +125,28 @@ def test_preprocess_rates_the_finetuning_pipeline_on_imagenet_size_jpegs(tmp_pat
   rate = preprocess_speed.images_per_s(1, str(tmp_path), 64, preprocess_speed.PP_FINETUNE,
                                        batch=4, batches=2)
   assert rate > 0
+
+
+def test_job_loop_and_preprocess_flags_write_their_tables():
+  """The README's `--job-loop=CONFIG --preprocess` command line, on the tiny config (real
+  CIFAR-10 only: a config file names its data) and a few generated JPEGs."""
+  from helpers import cifar_dir
+  data = cifar_dir()
+  args = ['--models=', '--preprocess', '--preprocess-images=8', '--preprocess-size=64',
+          '--batch=4', '--iterations=2']
+  if data:
+    args += ['--job-loop=tests/tiny_config.py', '--job-steps=2']
+  env = {**os.environ, 'PYTHONPATH': ROOT, **({'TFDS_DATA_DIR': data} if data else {})}
+  run = subprocess.run([sys.executable, 'scripts/benchmark.py', *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=env)
+  assert run.returncode == 0, run.stderr[-3000:]
+  rows = [[c.strip() for c in line.strip('|').split('|')] for line in run.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| cores') and
+          not line.startswith('| measured')]
+  per_core = [r for r in rows if r[0] in ('1', '2')]
+  assert per_core and all(float(r[1]) > 0 for r in per_core)
+  assert per_core[0][1] == per_core[0][2]  # On one core, img/s is img/s per core.
+  if data:
+    assert 'The job `tests/tiny_config.py` (ViT-CIFAR_4, cifar10, batch 32' in run.stdout
+    loop = {r[0]: float(r[1]) for r in rows if r[0].startswith('the ')}
+    assert len(loop) == 3 and all(v > 0 for v in loop.values())
