@@ -245,6 +245,8 @@ def test_a_run_over_corrupt_files_completes_counts_them_and_resumes_exactly(fold
   half.total_steps = 4
   train.train_and_evaluate(half, resumed_dir)
   resumed = train.train_and_evaluate(config, resumed_dir)
+  # Later jobs in the same process log to their own workdirs only.
+  assert (tmp_path / 'straight' / 'train.0.log').read_text() == log
   assert resumed['skipped_images'] == expected  # Counted over the whole run.
   a = checkpoint.flatten(checkpoint.load(tmp_path / 'straight' / 'model.npz'))
   b = checkpoint.flatten(checkpoint.load(os.path.join(resumed_dir, 'model.npz')))

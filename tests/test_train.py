@@ -155,6 +155,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_o
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps == [] or max(steps) < 8
+  # The run's log file says why it stopped, with the traceback.
+  log = (tmp_path / 'train.0.log').read_text()
+  assert 'The job stopped with an error:' in log
+  assert 'Traceback' in log and 'FloatingPointError: Loss is' in log
 
 
 @pytest.mark.parametrize('overrides,match', [

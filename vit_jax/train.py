@@ -10,12 +10,14 @@ fold_in(seed key, step) and the input stream is a function of the step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as py_logging
 import math
 import os
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers
@@ -89,17 +91,28 @@ def _validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Non
     raise FileNotFoundError(f'config.pretrained_path not found: {config.pretrained_path}')
 
 
-def _setup_logging(workdir: str) -> None:
+@contextlib.contextmanager
+def _log_file(workdir: str) -> Iterator[None]:
+  """Copies the log into WORKDIR/train.<process>.log while the job runs, and only then: a second
+  job in the same process (a sweep, a notebook) writes to its own file, not to this one."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, f'train.{jax.process_index()}.log')
+  handler = py_logging.FileHandler(os.path.join(workdir, f'train.{jax.process_index()}.log'))
+  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
+  handler.addFilter(_quiet_libraries)
   root = py_logging.getLogger()
-  if not any(getattr(h, 'baseFilename', None) == os.path.abspath(path) for h in root.handlers):
-    handler = py_logging.FileHandler(path)
-    handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-    handler.addFilter(_quiet_libraries)
-    root.addHandler(handler)
+  root.addHandler(handler)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_libraries)
+  try:
+    yield
+  except Exception:
+    # The traceback goes to the file only: the console gets it from the exception itself.
+    handler.handle(root.makeRecord(root.name, py_logging.ERROR, __file__, 0,
+                                   'The job stopped with an error:', (), sys.exc_info()))
+    raise
+  finally:
+    root.removeHandler(handler)
+    handler.close()
 
 
 def _quiet_libraries(record: py_logging.LogRecord) -> bool:
@@ -143,11 +156,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Returns the final evaluation metrics (and the last training metrics).
   """
-  _setup_logging(workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  _validate(config, mesh)
-  with jax.set_mesh(mesh):
-    return _train_and_evaluate(config, workdir, mesh)
+  with _log_file(workdir):
+    mesh = sharding.make_mesh(config.mesh)
+    _validate(config, mesh)
+    with jax.set_mesh(mesh):
+      return _train_and_evaluate(config, workdir, mesh)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
