@@ -1,6 +1,5 @@
 """Helpers shared by the tests."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -131,12 +130,8 @@ def run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
 
 
 def config_module(name):
-  """The module of experiment config `configs/<name>` (config files are loaded by path)."""
-  path = os.path.join(REPO, 'configs', name)
-  spec = importlib.util.spec_from_file_location(name[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """The module of experiment config `configs/<name>`."""
+  return config_args.config_module(os.path.join(REPO, 'configs', name))
 
 
 def load_config(name, arg=''):

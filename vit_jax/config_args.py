@@ -103,13 +103,18 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       {k: values.get(k, False if v is bool else v) for k, v in spec.items()})
 
 
+def config_module(path: str) -> Any:
+  """The experiment config file at `path`, imported by path (config files are not a package)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file not found: {path!r}')
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config `FILE.py[:ARGS]` names, loaded by path as `--config=FILE.py:ARGS` loads it."""
   path, _, arg = spec.partition(':')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Config file not found: {path!r} (from {spec!r})')
-  module_spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = config_module(path)
   return module.get_config(arg) if arg else module.get_config()
