@@ -18,8 +18,8 @@ No gradient clipping: BiT-HyperRule has none. Not run here (no accelerator, no B
 
 import ml_collections
 
-from vit_jax import base_config
-from vit_jax import config_args
+from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 # dataset: (train split, eval split, training examples, image side smaller than 96 px).
 PRESETS = {
@@ -79,4 +79,4 @@ def get_config(arg: str = 'BiT-M-R50x1,cifar10'):
   config.grad_clip_norm = 0.0
   config.eval_every = rule['steps'] // 10
   config.checkpoint_every = rule['steps'] // 10
-  return config
+  return base_config.with_model_fields(config)

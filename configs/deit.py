@@ -8,27 +8,24 @@ a CNN teacher through the `dist` token (DeiT-B: 83.4% distilled vs 81.8% without
   python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
       --config.distillation.teacher_path=teacher.npz
 
-CIFAR-10 demonstration, one command per step (the seeds' small ViT, quick schedule, with and
-without distillation from the seeds' CNN trained first):
+CIFAR-10 demonstration, one command per step (the CIFAR-10 baseline ViT, quick schedule, with and
+without distillation from the CIFAR-10 baseline CNN trained first):
 
   python -m vit_jax.main --config=configs/cifar10_cnn.py:quick --workdir=workdir/teacher
   python -m vit_jax.main --config=configs/deit.py:cifar10 --workdir=workdir/student \
       --config.distillation.teacher_path=workdir/teacher/model.npz
   python -m vit_jax.main --config=configs/cifar10_scratch.py:quick --workdir=workdir/plain
 
-Expected (measured, 1000 steps of batch 128 each, top-1 on all 10,000 test images; times in
-BENCHMARKS.md):
-  teacher, the seeds' CNN (cifar10_cnn.py:quick)              65.2%
-  student ViT-CIFAR_4 with hard distillation (deit.py:cifar10)  55.4%
-  the same ViT without distillation (cifar10_scratch.py:quick) 53.6%
-Distillation from a CNN that beats it lifts the small ViT by 1.8 points on this short schedule:
-the inductive bias of the convolutional teacher reaches the student through the dist token.
+What the three runs reached here (top-1 on all 10,000 test images) and how long they took is
+in BENCHMARKS.md ("Training runs of the configs"): distillation from a CNN that beats the small
+ViT lifts it on this short schedule, the convolutional teacher's inductive bias reaching the
+student through the dist token.
 """
 
 import ml_collections
 
-from vit_jax import base_config
-from vit_jax import config_args
+from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 
 def get_config(arg: str = 'ViT-B_16'):
@@ -39,11 +36,11 @@ def get_config(arg: str = 'ViT-B_16'):
       teacher_model='BiT-M-R50x1', teacher_path='', teacher_overrides={}, kind='hard',
       alpha=0.5, temperature=1.0))
   if args.cifar10:
-    base_config.seeds_cifar10(config, quick=True)
+    base_config.cifar10_baseline(config, quick=True)
     config.model_name = 'ViT-CIFAR_4'
     config.model = {'distilled': True}
     config.distillation.teacher_model = 'CNN-CIFAR'
-    return config
+    return base_config.with_model_fields(config)
   if not args.model.startswith('ViT-'):
     raise ValueError(f"Unknown argument {args.model!r}; expected a ViT zoo name or 'cifar10'")
 
@@ -53,4 +50,4 @@ def get_config(arg: str = 'ViT-B_16'):
   base_config.timm_imagenet_recipe(config, warmup_epochs=5)
   config.repeated_augmentation = 3
   config.grad_clip_norm = 0.0
-  return config
+  return base_config.with_model_fields(config)

@@ -14,10 +14,11 @@ checkpoints (recipes.md): ViT-B/16 99.02% cifar10, 92.06% cifar100, 84.53% image
 reproduced here (README "Fine-tune a real checkpoint" runs ViT-Ti/16 at 128 px).
 """
 
-from vit_jax import base_config
-from vit_jax import config_args
+from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 
 def get_config(arg: str = 'ViT-B_16,cifar10'):
   args = config_args.parse_arg(arg, model=str, dataset=str)
-  return base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
+  config = base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
+  return base_config.with_model_fields(config)

@@ -13,9 +13,9 @@ for the original library with the ImageNet-21k R50+ViT-B/16 (recipes.md): 98.72%
 90.88% cifar100, 83.72% imagenet2012; not reproduced here.
 """
 
-from vit_jax import base_config
-from vit_jax import config_args
 from vit_jax import models
+from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 
 def get_config(arg: str = 'R50+ViT-B_16,cifar10'):
@@ -25,4 +25,5 @@ def get_config(arg: str = 'R50+ViT-B_16,cifar10'):
     hybrids = sorted(n for n, c in models.MODEL_CONFIGS.items() if c.get('resnet') is not None)
     raise ValueError(f'configs/finetune_hybrid.py fine-tunes hybrid models ({", ".join(hybrids)}), '
                      f'got {args.model!r}')
-  return base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
+  config = base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
+  return base_config.with_model_fields(config)

@@ -22,8 +22,8 @@ one); both draw from the same distributions of magnitudes and Beta(0.2, 0.2) rat
 
 import ml_collections
 
-from vit_jax import base_config
-from vit_jax import config_args
+from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 
 def get_config(arg: str = 'ViT-B_16,imagenet21k'):
@@ -84,4 +84,4 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
     config.lr.warmup_steps = 10_000
     config.lr.decay_type = 'cosine'
     config.grad_clip_norm = 1.0
-  return config
+  return base_config.with_model_fields(config)

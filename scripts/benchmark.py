@@ -9,7 +9,7 @@ r"""Throughput, compile time, memory and FLOPs of zoo models; optionally against
   python scripts/benchmark.py --models= --preprocess --batch=32
 
 For each model: images/second of inference (`apply`, train=False) and of one training step (the
-training loop's own step, `vit_jax.step.make_train_step`: forward, backward, SGD with momentum
+training loop's own step, `vit_jax.training.step.make_train_step`: forward, backward, SGD with momentum
 0.9), XLA compile times, the
 compiled programs' memory (XLA memory analysis: arguments + outputs + temporaries - aliased),
 FLOPs per image from XLA's cost analysis and, for ViTs, counted analytically (2 per

@@ -15,9 +15,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax.training import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 16
 

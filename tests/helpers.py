@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,9 +9,10 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 
-from vit_jax import config_args
 from vit_jax import models
+from vit_jax.training import config_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_TFDS = os.path.join(REPO, '..', 'shared', 'data', 'tfds')
@@ -46,6 +48,7 @@ def random_images(n: int, size: int, seed: int = 1) -> np.ndarray:
 
 def param_shapes(model, size, collection: str = 'params'):
   """`collection` of `model`'s variables for `size` images, as shapes (nothing computed)."""
+  size = (size, size) if isinstance(size, int) else tuple(size)
   return models.init_shapes(model, size)[collection]
 
 
@@ -138,3 +141,40 @@ def load_config(name, arg=''):
   """`configs/<name>:<arg>` as `--config` would load it."""
   path = os.path.join(REPO, 'configs', name)
   return config_args.load_config(f'{path}:{arg}' if arg else path)
+
+
+_ENV = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+
+
+def run_python(*args, timeout=900):
+  """`python ARGS` in the repository as a user runs it; its stdout (asserts it succeeded)."""
+  run = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=_ENV,
+                       capture_output=True, text=True, timeout=timeout)
+  assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+  return run.stdout
+
+
+def classify_cli(model_path, image_paths, *flags):
+  """{path: (top-1 index, top-1 name)} and the header line, from the classify command."""
+  out = run_python('-m', 'vit_jax.tools.classify', f'--checkpoint={model_path}', '--top_k=1',
+                   *flags, *map(str, image_paths)).splitlines()
+  top1 = {}
+  for path in map(str, image_paths):
+    line = out[out.index(path) + 1]
+    match = re.match(r'\s+1\.\s+[\d.]+%\s+(.*)\s+\[(\d+)\]$', line)
+    assert match, line
+    top1[path] = (int(match.group(2)), match.group(1).strip())
+  return top1, out[0]
+
+
+def write_eval_pngs(config, folder, limit):
+  """The first `limit` eval images of `config` as PNG files named <index>_<label>.png."""
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  source = input_pipeline.get_source(config, config.eval_split)
+  paths, labels = [], []
+  for i, ex in enumerate(source.dataset.take(limit).as_numpy_iterator()):
+    path = os.path.join(folder, f'{i}_{int(ex["label"])}.png')
+    Image.fromarray(ex['image']).save(path)
+    paths.append(path)
+    labels.append(int(ex['label']))
+  return paths, np.array(labels)

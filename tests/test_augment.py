@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from helpers import config_module
-from vit_jax import augment
-from vit_jax import mixup
+from vit_jax.data import augment
+from vit_jax.training import mixup
 
 IDENTITY_AT_ZERO = ('Rotate', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel',
                     'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing', 'ContrastIncreasing',
@@ -235,7 +235,7 @@ def test_mix_input_checks_and_integer_images():
 
 
 def test_swin_config_pipeline_and_mixup():
-  from vit_jax import preprocess  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   module = config_module('swin.py')
   imagenet = module.get_config('Swin-T')
   assert 'randaug(' in imagenet.pp_train and 'random_erasing(' in imagenet.pp_train

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import ml_collections
+import pytest
 
 from vit_jax.benchmarking import flops
 
@@ -34,6 +35,7 @@ def test_peak_table_matches_device_kinds():
   assert flops.peak_flops(Device()) is None
 
 
+@pytest.mark.slow
 def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
   output = tmp_path / 'bench.md'
   code = (
@@ -51,7 +53,7 @@ def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
   assert 'IMPORTED []' in run.stdout
   text = output.read_text()
   assert text in run.stdout.replace('IMPORTED []\n', '')
-  assert 'Train step: vit_jax.step.make_train_step' in text
+  assert 'Train step: vit_jax.training.step.make_train_step' in text
   row = next(line for line in text.splitlines() if line.startswith('| ViT-CIFAR_4 |'))
   cells = [c.strip() for c in row.strip('|').split('|')]
   analytic, xla = (float(v) for v in cells[2].split(' / '))
@@ -62,6 +64,7 @@ def test_benchmark_writes_its_tables_without_tensorflow_or_torch(tmp_path):
   assert ratio == '64'  # 3136 tokens / 49 per window.
 
 
+@pytest.mark.slow
 def test_memory_report_shows_fsdp_at_an_eighth_of_dp_on_8_devices():
   run = subprocess.run(
       [sys.executable, 'scripts/benchmark.py', '--models=ViT-Ti_16', '--resolution=32',
@@ -80,6 +83,7 @@ def test_memory_report_shows_fsdp_at_an_eighth_of_dp_on_8_devices():
   assert 0.12 < ratio < 0.14  # 1/8, plus the small tensors FSDP leaves replicated.
 
 
+@pytest.mark.slow
 def test_resume_pipeline_times_the_first_batch_at_0_and_90_percent():
   env = {k: v for k, v in os.environ.items() if k != 'TFDS_DATA_DIR'}  # The folder alone.
   run = subprocess.run(
@@ -127,6 +131,7 @@ def test_preprocess_rates_the_finetuning_pipeline_on_imagenet_size_jpegs(tmp_pat
   assert rate > 0
 
 
+@pytest.mark.slow
 def test_job_loop_and_preprocess_flags_write_their_tables():
   """The README's `--job-loop=CONFIG --preprocess` command line, on the tiny config (real
   CIFAR-10 only: a config file names its data) and a few generated JPEGs."""

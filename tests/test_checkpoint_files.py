@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vit_jax import checkpoint
-from vit_jax import families
 from vit_jax import models
 from vit_jax.checkpoint import big_vision
 from vit_jax.checkpoint import files
@@ -115,7 +114,7 @@ def _touch(path):
 def _tiny_swin_params():
   model = models.get_model('Swin-T', num_classes=3, embed_dim=8, depths=(1, 1), num_heads=(1, 2),
                            window_size=2)
-  shapes = models.init_shapes(model, 8)['params']
+  shapes = models.init_shapes(model, (8, 8))['params']
   rng = np.random.default_rng(0)
   return tree.unflatten({k: rng.normal(size=v.shape).astype(np.float32)
                          for k, v in tree.flatten(shapes).items()})
@@ -139,20 +138,21 @@ def test_a_swin_npz_is_our_tree_and_dotted_keys_are_a_state_dict(tmp_path):
 
 
 def test_families_are_looked_up_not_named():
-  assert families.of_model('Swin-T') is families.SWIN
-  assert families.of_model('R50+ViT-B_16') is families.VIT
-  assert models.model_class('BiT-M-R50x1') is families.BIT.module
+  assert models.of_model('Swin-T') is models.by_name('swin')
+  assert models.of_model('R50+ViT-B_16') is models.by_name('vit')
+  assert models.model_class('BiT-M-R50x1') is models.by_name('bit').module
   with pytest.raises(KeyError, match='known models'):
-    families.of_model('nope')
-  assert families.of_params(tree.flatten(_tiny_swin_params())) is families.SWIN
+    models.of_model('nope')
+  assert models.of_params(tree.flatten(_tiny_swin_params())) is models.by_name('swin')
   with pytest.raises(checkpoint.CheckpointError, match='pass the zoo model name'):
-    families.of_params({'gn_pre_head/scale': np.zeros(3)})
-  every_zoo_entry = sorted(n for f in families.FAMILIES.values() for n in f.model_names)
+    models.of_params({'gn_pre_head/scale': np.zeros(3)})
+  every_zoo_entry = sorted(n for f in models.FAMILIES.values() for n in f.model_names)
   assert every_zoo_entry == sorted(models.MODEL_CONFIGS)
 
 
+@pytest.mark.slow
 def test_no_family_name_switches_outside_the_records():
   out = subprocess.run(['grep', '-rn', "'swin'", 'vit_jax', 'scripts'], capture_output=True,
                        text=True, cwd=ROOT, check=False).stdout.splitlines()
-  allowed = ('vit_jax/families.py', 'vit_jax/zoo/')
+  allowed = ('vit_jax/models/registry.py', 'vit_jax/models/swin/')
   assert [l for l in out if not l.startswith(allowed)] == []

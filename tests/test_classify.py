@@ -1,4 +1,4 @@
-"""`python -m vit_jax.classify`: images in, top-5 with label names out; image reading; labels."""
+"""`python -m vit_jax.tools.classify`: images in, top-5 with label names out; image reading; labels."""
 
 import functools
 import os
@@ -12,11 +12,11 @@ from PIL import Image
 import pytest
 
 from vit_jax import checkpoint
-from vit_jax import classify
-from vit_jax import image_io
-from vit_jax import labels
 from vit_jax import models
-from vit_jax.checkpoint import model_from
+from vit_jax.data import image_io
+from vit_jax.data import labels
+from vit_jax.models import loader
+from vit_jax.tools import classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -51,11 +51,12 @@ def photos(tmp_path):
   return tmp_path
 
 
+@pytest.mark.slow
 def test_command_prints_top5_names_converts_and_reports_bad_files(photos):
   checkpoint.save(tiny_params(10), photos / 'tiny.npz')
   files = ['chelsea.jpg', 'camera.png', 'coffee_rgba.png', 'broken.jpg', 'missing.png']
   run = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.classify', f'--checkpoint={photos / "tiny.npz"}',
+      [sys.executable, '-m', 'vit_jax.tools.classify', f'--checkpoint={photos / "tiny.npz"}',
        *[str(photos / f) for f in files]],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')})
@@ -75,7 +76,7 @@ def test_command_prints_top5_names_converts_and_reports_bad_files(photos):
 
 
 def test_top_classes_are_the_models_highest_logits(photos):
-  loaded = model_from.load_model(tiny_params(1000))
+  loaded = loader.load_model(tiny_params(1000))
   assert loaded.image_size == (SIZE, SIZE) and loaded.normalization == 'minus_one_one'
   names = classify.class_names(1000)[1]
   predictions, errors = classify.classify(loaded, [str(photos / 'chelsea.jpg')], names=names)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import pytest
 
 from helpers import REPO, load_config
-from vit_jax import config_args
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import step
+from vit_jax.training import config_args
+from vit_jax.training import optim
+from vit_jax.training import step
 
 # config file -> arguments to try (every config must appear here).
 ARGS = {
@@ -105,3 +105,49 @@ def test_values_that_do_not_convert_are_errors():
 def test_configs_reject_unknown_keys():
   with pytest.raises(ValueError, match=r"Unknown config argument 'lr'.*known: quick"):
     load_config('cifar10_scratch.py', 'quick,lr=3')
+
+
+def _parse_as_main(config_arg: str, *overrides: str):
+  """`config_arg` parsed by absl's config_flags with command-line overrides, as `main` does."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ['main', f'--config={config_arg}', *overrides]
+  flag_values = flags.FlagValues()
+  # config_flags reads the override flags from argv when the flag is defined.
+  config_flags.DEFINE_config_file('config', None, 'x', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize('name,arg', [(n, a) for n, args in ARGS.items() for a in args])
+def test_every_model_field_is_a_command_line_override(name, arg):
+  path = os.path.join(REPO, 'configs', name)
+  config = _parse_as_main(f'{path}:{arg}' if arg else path, '--config.model.dtype=bfloat16')
+  assert config.model.dtype == 'bfloat16'
+  model = step.create_model(config, 10)
+  assert model.dtype == 'bfloat16'
+  # The config holds the model's full field set: the zoo entry under the recipe's overrides.
+  zoo = models.MODEL_CONFIGS[config.model_name].to_dict()
+  for key, value in zoo.items():
+    if key != 'model_name' and not isinstance(value, dict):
+      assert key in config.model, key
+  if 'transformer' in config.model:
+    config = _parse_as_main(f'{path}:{arg}' if arg else path,
+                            '--config.model.transformer.remat=True',
+                            '--config.model.transformer.gelu_approximate=False')
+    model = step.create_model(config, 10)
+    assert model.transformer['remat'] is True
+    assert model.transformer['gelu_approximate'] is False
+
+
+def test_an_unknown_model_field_names_the_known_ones():
+  from vit_jax.training import base_config  # pylint: disable=g-import-not-at-top
+  config = base_config.get_config()
+  config.model = {'transformer': {'dropout': 0.1}}
+  with pytest.raises(ValueError, match=r'config\.model\.transformer\.dropout; known: .*'
+                                       r'dropout_rate'):
+    base_config.with_model_fields(config)
+  with pytest.raises(Exception, match='nope'):
+    _parse_as_main(os.path.join(REPO, 'configs', 'cifar10_scratch.py'),
+                   '--config.model.nope=1')

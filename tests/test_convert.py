@@ -12,11 +12,11 @@ import pytest
 from helpers import random_images
 from helpers import random_params
 from vit_jax import checkpoint
-from vit_jax import convert
 from vit_jax import models
 from vit_jax.checkpoint import hf_keys
 from vit_jax.checkpoint import timm_keys
 from vit_jax.checkpoint import torch_models
+from vit_jax.tools import convert
 
 SIZE = 32
 TINY = dict(patches={'size': (8, 8)}, hidden_size=32,
@@ -255,7 +255,7 @@ def test_transformers_loads_our_folder_with_equal_logits(transformers, tmp_path)
   assert np.abs(got).max() > 0.1
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
   # What `convert --check` reports for the same pair.
-  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import parity  # pylint: disable=g-import-not-at-top
   delta = parity.max_logit_difference(checkpoint.flatten(params), str(tmp_path / 'hf'), 'hf')
   assert 0 < delta < 1e-4
 
@@ -324,13 +324,15 @@ def test_bad_paths_and_files_give_clear_errors(tmp_path):
     convert.read(tmp_path / 'out.safetensors')  # Width 32 is not a zoo width: heads unknown.
 
 
+@pytest.mark.slow
 def test_tools_import_without_torch_transformers_tensorflow_or_orbax():
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  code = ('import sys, runpy; import vit_jax.convert, vit_jax.classify, vit_jax.visualize; '
-          'import vit_jax.families; from vit_jax.checkpoint import formats, model_from, parity; '
+  code = ('import sys, runpy; import vit_jax.tools.convert, vit_jax.tools.classify, '
+          'vit_jax.tools.visualize, vit_jax.tools.fewshot, vit_jax.tools.parity; '
+          'from vit_jax.models import formats, loader; '
           'runpy.run_path("scripts/benchmark.py", run_name="benchmark"); '
           'print([m for m in ("torch", "transformers", "tensorflow", "orbax") if m in sys.modules])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
@@ -341,7 +343,7 @@ def test_tools_import_without_torch_transformers_tensorflow_or_orbax():
 def test_swin_goes_through_swin_keys_and_matches_timm(timm, tmp_path):
   """A timm Swin state dict converts to our Swin and back unchanged; --check's numbers agree."""
   import torch  # pylint: disable=g-import-not-at-top
-  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import parity  # pylint: disable=g-import-not-at-top
   source = timm.models.swin_transformer.SwinTransformer(
       img_size=16, patch_size=2, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4,
       num_classes=5).eval()
@@ -364,7 +366,7 @@ def test_swin_goes_through_swin_keys_and_matches_timm(timm, tmp_path):
 
 
 def test_deit_distilled_model_converts_to_timms_distilled_vit(timm, tmp_path):
-  from vit_jax.checkpoint import parity  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import parity  # pylint: disable=g-import-not-at-top
   params = checkpoint.flatten(tiny_params(tiny_model(distilled=True)))
   assert 'dist' in params and 'head_dist/kernel' in params
   checkpoint.save(checkpoint.unflatten(params), tmp_path / 'deit.npz')

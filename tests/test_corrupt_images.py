@@ -15,11 +15,11 @@ import tensorflow as tf
 from helpers import cifar_dir, make_image_folder
 import tiny_config
 from vit_jax import checkpoint
-from vit_jax import input_pipeline
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import step as step_lib
-from vit_jax import train
+from vit_jax.data import input_pipeline
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import step as step_lib
+from vit_jax.training import train
 
 TRAIN_PER_CLASS, TEST_PER_CLASS, CLASSES, SIZE = 8, 3, 3, 8
 
@@ -222,6 +222,7 @@ def test_a_skipped_example_reaches_neither_the_loss_nor_its_mixup_partner(mixup)
     np.testing.assert_allclose(metrics_a['loss'], metrics_7['loss'], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_over_corrupt_files_completes_counts_them_and_resumes_exactly(folder, tmp_path):
   root, paths = folder
   config = _config(root, total_steps=8, batch_size=6, eval_batch_size=4, log_every=2,

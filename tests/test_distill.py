@@ -10,12 +10,12 @@ import pytest
 from helpers import randomize
 import tiny_config
 from vit_jax import checkpoint
-from vit_jax import distill
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import step as step_lib
-from vit_jax import train
+from vit_jax.training import distill
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import step as step_lib
+from vit_jax.training import train
 
 CLS = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]], np.float32)
 DIST = np.array([[0.0, 1.0, -1.0], [1.5, -0.5, 0.0]], np.float32)
@@ -139,6 +139,7 @@ def test_distilled_checkpoint_round_trip_and_resize(tmp_path):
   assert tuned['head_dist']['kernel'].shape == (32, 5)
 
 
+@pytest.mark.slow
 def test_distillation_end_to_end(tmp_path, data_overrides):
   teacher_config = tiny_config.get_config(data_overrides['dataset'])
   teacher_config.update(data_overrides)

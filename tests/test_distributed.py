@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from helpers import REPO, run_main
 from vit_jax import checkpoint
@@ -39,6 +40,7 @@ def _params(path):
     return data['losses'], {k: data[k] for k in data.files if k.startswith('params/')}
 
 
+@pytest.mark.slow
 def test_dp_fsdp_and_single_device_train_identically(tmp_path):
   runs = [
       [[['data', 8]], [], 8, str(tmp_path / 'dp8.npz'), None],
@@ -68,6 +70,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   coordinator = f'127.0.0.1:{_free_port()}'
   two = [[[['data', 2]], [['.*', 'fsdp:data:256']], 0, str(tmp_path / 'two.npz'), None]]
@@ -100,6 +103,7 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, data_overrides, monkey
     np.testing.assert_allclose(a[key], b[key], atol=1e-5, err_msg=key)
 
 
+@pytest.mark.slow
 def test_main_on_two_processes_then_resumed_on_one(tmp_path, data_overrides, monkeypatch):
   """The whole job on 2 processes x 2 devices: each host reads its slice, evaluation still counts
   every example once, process 0 alone writes metrics and the .npz; one process resumes it."""

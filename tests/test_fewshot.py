@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vit_jax import fewshot
+from vit_jax.tools import fewshot
 
 
 def numpy_probe(x, y, num_classes, l2_reg):

@@ -12,8 +12,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,54 +19,18 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from helpers import REPO, cifar_dir, make_image_folder
+from helpers import REPO, cifar_dir, classify_cli, make_image_folder, run_python, write_eval_pngs
 import tiny_config
 from vit_jax import checkpoint
-from vit_jax import workdir
-from vit_jax import input_pipeline
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import step as step_lib
-from vit_jax import train
-from vit_jax.checkpoint import model_from
+from vit_jax.models import card as card_lib
+from vit_jax.models import loader
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import step as step_lib
+from vit_jax.training import train
 
 WEIGHTS = os.path.join(REPO, '..', 'shared', 'data', 'weights',
                        'vit_tiny_patch16_224_in1k.safetensors')
-_ENV = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
-
-
-def _run(*args, timeout=900):
-  run = subprocess.run([sys.executable, *args], cwd=REPO, env=_ENV, capture_output=True,
-                       text=True, timeout=timeout)
-  assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-  return run.stdout
-
-
-def _classify(model_path, image_paths, *flags):
-  """{path: (top-1 index, top-1 name)} and the header line, from the command's output."""
-  out = _run('-m', 'vit_jax.classify', f'--checkpoint={model_path}', '--top_k=1', *flags,
-             *map(str, image_paths)).splitlines()
-  top1 = {}
-  for path in map(str, image_paths):
-    line = out[out.index(path) + 1]
-    match = re.match(r'\s+1\.\s+[\d.]+%\s+(.*)\s+\[(\d+)\]$', line)
-    assert match, line
-    top1[path] = (int(match.group(2)), match.group(1).strip())
-  return top1, out[0]
-
-
-def _write_pngs(config, folder, limit):
-  """The first `limit` eval images of `config` as PNG files named <index>_<label>.png."""
-  source = input_pipeline.get_source(config, config.eval_split)
-  paths, labels = [], []
-  for i, ex in enumerate(source.dataset.take(limit).as_numpy_iterator()):
-    path = os.path.join(folder, f'{i}_{int(ex["label"])}.png')
-    Image.fromarray(ex['image']).save(path)
-    paths.append(path)
-    labels.append(int(ex['label']))
-  return paths, np.array(labels)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning sees the given parameters.
 
@@ -118,10 +80,11 @@ def _varied_size_folder(root, per_class_train=60, per_class_test=20):
   return root
 
 
+@pytest.mark.slow
 def test_image_folder_of_any_sizes_trains_exports_and_classifies(tmp_path):
   root = _varied_size_folder(str(tmp_path / 'images'))
   workdir = tmp_path / 'run'
-  out = _run('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:imagefolder',
+  out = run_python('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:imagefolder',
              f'--workdir={workdir}', f'--config.data_dir={root}', '--config.train_split=train',
              '--config.eval_split=test', '--config.total_steps=60', '--config.eval_every=60',
              '--config.model.transformer.dropout_rate=0.')
@@ -132,17 +95,18 @@ def test_image_folder_of_any_sizes_trains_exports_and_classifies(tmp_path):
   assert card['class_names'] == ['class_0', 'class_1', 'class_2']
   assert card['normalization'] == 'cifar10' and card['image_size'] == [32, 32]
   images = sorted((tmp_path / 'images' / 'test').glob('*/*.png'))
-  top1, header = _classify(workdir / 'model.npz', images)
+  top1, header = classify_cli(workdir / 'model.npz', images)
   assert 'labels from the model card' in header and 'cifar10 pixels' in header
   hits = [top1[str(p)][1] == p.parent.name for p in images]
   # The tool resizes with Pillow, the pipeline with TF: a few images may flip.
   assert abs(np.mean(hits) - accuracy) <= 0.05, (np.mean(hits), accuracy)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cifar_dir() is None, reason='needs the offline CIFAR-10')
 def test_classify_agrees_with_the_jobs_evaluation_on_cifar10(tmp_path):
   workdir = tmp_path / 'run'
-  out = _run('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:cifar10',
+  out = run_python('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:cifar10',
              f'--workdir={workdir}', f'--config.data_dir={cifar_dir()}',
              '--config.total_steps=150', '--config.eval_every=150', '--config.batch_size=64',
              '--config.model.transformer.dropout_rate=0.')
@@ -150,8 +114,8 @@ def test_classify_agrees_with_the_jobs_evaluation_on_cifar10(tmp_path):
   assert accuracy > 0.2, out[-2000:]  # 10 classes: chance is 0.1.
   config = tiny_config.get_config('cifar10')
   config.data_dir = cifar_dir()
-  paths, labels = _write_pngs(config, str(tmp_path), 300)  # test[:300], the job's eval split
-  top1, header = _classify(workdir / 'model.npz', paths)
+  paths, labels = write_eval_pngs(config, str(tmp_path), 300)  # test[:300], the job's eval split
+  top1, header = classify_cli(workdir / 'model.npz', paths)
   assert 'cifar10 pixels' in header
   ours = np.mean([top1[p][0] == y for p, y in zip(paths, labels)])
   assert abs(ours - accuracy) <= 0.01, (ours, accuracy)  # The same pixels: within 1 point.
@@ -161,21 +125,21 @@ def test_card_that_contradicts_the_checkpoint_is_an_error(tmp_path):
   config = tiny_config.get_config()
   model = step_lib.create_model(config, 10)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
-  card = workdir.make_card(model_name='ViT-CIFAR_4', model_overrides=config.model,
-                          num_classes=10, class_names=None, image_size=32,
-                          pp_eval=config.pp_eval, normalization='cifar10')
+  card = card_lib.make_card(model_name='ViT-CIFAR_4', model_overrides=config.model,
+                            num_classes=10, class_names=None, image_size=32,
+                            pp_eval=config.pp_eval, normalization='cifar10')
   path = tmp_path / 'model.npz'
-  workdir.write_model(path, params, None, card)
-  loaded = model_from.load_file(str(path))
+  card_lib.write_model(path, params, None, card)
+  loaded = loader.load(str(path))
   assert loaded.normalization == 'cifar10' and loaded.image_size == (32, 32)
-  assert model_from.load_file(str(path), normalization='imagenet').normalization == 'imagenet'
+  assert loader.load(str(path), normalization='imagenet').normalization == 'imagenet'
   with pytest.raises(checkpoint.CheckpointError, match='says 7 classes.*head has 10'):
-    workdir.write_model(path, params, None, {**card, 'num_classes': 7})
-    model_from.load_file(str(path))
+    card_lib.write_model(path, params, None, {**card, 'num_classes': 7})
+    loader.load(str(path))
   wider = {**card, 'model_overrides': {**card['model_overrides'], 'hidden_size': 64}}
-  workdir.write_model(path, params, None, wider)
+  card_lib.write_model(path, params, None, wider)
   with pytest.raises(checkpoint.CheckpointError, match='hidden_size|shape'):
-    model_from.load_file(str(path))
+    loader.load(str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +154,7 @@ _FAMILY_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', sorted(_FAMILY_RUNS))
 def test_swin_and_batchnorm_exports_fine_tune_and_classify(tmp_path, family):
   root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 64), ('test', 16)))
@@ -218,7 +183,7 @@ def test_swin_and_batchnorm_exports_fine_tune_and_classify(tmp_path, family):
   assert second['step'] == 2
 
   images = sorted((tmp_path / 'images' / 'test').glob('*/*.png'))
-  top1, _ = _classify(exported, images)
+  top1, _ = classify_cli(exported, images)
   hits = np.mean([top1[str(p)][1] == p.parent.name for p in images])
   assert abs(hits - first['eval_accuracy']) <= 0.05, (hits, first['eval_accuracy'])
 
@@ -235,21 +200,23 @@ needs_weights = pytest.mark.skipif(not os.path.exists(WEIGHTS),
 def real_npz(tmp_path_factory):
   pytest.importorskip('safetensors')
   path = tmp_path_factory.mktemp('weights') / 'ti16.npz'
-  _run('-m', 'vit_jax.convert', f'--from={WEIGHTS}', f'--to={path}', '--model=ViT-Ti_16')
+  run_python('-m', 'vit_jax.tools.convert', f'--from={WEIGHTS}', f'--to={path}', '--model=ViT-Ti_16')
   return path
 
 
+@pytest.mark.slow
 @needs_weights
 def test_real_checkpoint_classifies_real_photos(real_npz, tmp_path):
   skimage_data = pytest.importorskip('skimage.data')
   Image.fromarray(skimage_data.chelsea()).save(tmp_path / 'chelsea.png')
   Image.fromarray(skimage_data.coffee()).save(tmp_path / 'coffee.png')
-  top1, header = _classify(real_npz, [tmp_path / 'chelsea.png', tmp_path / 'coffee.png'])
+  top1, header = classify_cli(real_npz, [tmp_path / 'chelsea.png', tmp_path / 'coffee.png'])
   assert header.startswith('1000 classes (imagenet2012 labels)'), header
   assert top1[str(tmp_path / 'chelsea.png')][0] in range(281, 286)  # the cat classes
   assert top1[str(tmp_path / 'coffee.png')][0] == 967  # espresso
 
 
+@pytest.mark.slow
 @needs_weights
 @pytest.mark.skipif(cifar_dir() is None, reason='needs the offline CIFAR-10')
 def test_fine_tuning_the_real_checkpoint_learns_cifar10(real_npz, tmp_path):

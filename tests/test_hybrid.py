@@ -12,8 +12,8 @@ from helpers import random_images
 from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax import models_resnet
 from vit_jax.checkpoint import torch_models
+from vit_jax.models.bit import model as bit_model
 
 # Parameter counts of the original library at 224 px with 1000 classes.
 ORIGINAL_COUNTS = {
@@ -53,7 +53,7 @@ def test_resnet_parameters_sit_at_the_top_level_with_the_npz_names():
 
 
 def test_units_start_as_their_shortcut():
-  unit = models_resnet.HybridUnit(features=32, strides=(2, 2))
+  unit = bit_model.HybridUnit(features=32, strides=(2, 2))
   params = jax.jit(unit.init)(init_key(), jnp.zeros((1, 8, 8, 64)))['params']
   assert not np.any(params['gn3']['scale'])  # The residual branch starts switched off.
   assert np.all(params['gn_proj']['scale'] == 1)

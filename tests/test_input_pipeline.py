@@ -3,7 +3,7 @@
 import numpy as np
 
 import tiny_config
-from vit_jax import input_pipeline
+from vit_jax.data import input_pipeline
 
 
 def test_input_stream_resumes_at_any_step(data_overrides):

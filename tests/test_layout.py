@@ -1,7 +1,11 @@
-"""The package's shape: no import cycles, no private names across modules, small modules.
+"""The package's shape: floors, no import cycles, no private names across modules, small modules.
 
 Read from the source with `ast`, imports inside functions included: a lazy import hides a cycle
 from Python but not from a reader.
+
+The floors (`FLOORS`): each folder of `vit_jax/` imports only the folders its rule names, so the
+data flow reads bottom-up: checkpoint files and data at the ground, models on them, the training
+job on models, the tools and benchmarks on top. Nothing imports `tools/`.
 """
 
 import ast
@@ -13,9 +17,18 @@ PACKAGE = 'vit_jax'
 ROOT = pathlib.Path(__file__).resolve().parent.parent / PACKAGE
 MAX_LINES = 400
 
-# Known violations in files being reworked elsewhere; each entry is the exact message below.
-# removed when the checkpoint package lands (#13)
-_PENDING: set[str] = set()  # known violations being fixed; empty once the layout holds
+_BELOW_TRAINING = frozenset({'checkpoint', 'data', 'models', 'training'})
+# Folder (first part below `vit_jax`; '' for the root modules) -> the folders it may import.
+FLOORS: dict[str, frozenset[str]] = {
+    'checkpoint': frozenset({'checkpoint'}),
+    'data': frozenset({'data'}),
+    'models': frozenset({'checkpoint', 'data', 'models'}),
+    'training': _BELOW_TRAINING,
+    'tools': _BELOW_TRAINING | {'tools'},
+    'benchmarking': _BELOW_TRAINING | {'benchmarking'},
+    'aot': _BELOW_TRAINING | {'aot'},
+    '': _BELOW_TRAINING,  # `vit_jax.main`, the training CLI, and the package itself.
+}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -112,10 +125,31 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
   return cycles
 
 
+def folder(module: str) -> str:
+  """The folder of `vit_jax.X.Y` ('X'), '' for the root modules."""
+  parts = module.split('.')
+  return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in FLOORS) else ''
+
+
+def floor_violations(graph: dict[str, set[str]]) -> set[str]:
+  """Every import that runs against `FLOORS`, and every folder the rules do not name."""
+  problems = set()
+  for module, edges in graph.items():
+    if folder(module) not in FLOORS:
+      problems.add(f'floor: {module} is in a folder FLOORS has no rule for')
+      continue
+    for target in edges:
+      if folder(target) not in FLOORS[folder(module)]:
+        problems.add(f'floor: {module} imports {target} ({folder(module) or "root"} may import '
+                     f'{", ".join(sorted(FLOORS[folder(module)]))})')
+  return problems
+
+
 def violations() -> set[str]:
   found = scan()
   graph = {name: v.edges for name, v in found.items()}
   problems = {'cycle: ' + ' -> '.join(cycle) for cycle in find_cycles(graph)}
+  problems |= floor_violations(graph)
   problems |= {f'private: {name} uses {private}' for name, v in found.items()
                for private in v.private}
   for path in package_modules().values():
@@ -131,23 +165,43 @@ def test_find_cycles_reports_a_closed_path():
   assert find_cycles({'a': {'b'}, 'b': set()}) == []
 
 
-def test_no_new_cycles_private_imports_or_long_modules():
-  new = violations() - _PENDING
-  assert not new, 'Package layout problems:\n' + '\n'.join(sorted(new))
+def test_floors_cycles_private_imports_and_module_sizes():
+  problems = violations()
+  assert not problems, 'Package layout problems:\n' + '\n'.join(sorted(problems))
 
 
-def test_pending_list_holds_only_live_violations():
-  fixed = _PENDING - violations()
-  assert not fixed, 'Fixed; remove from _PENDING:\n' + '\n'.join(sorted(fixed))
+@pytest.mark.parametrize('importer,imported', [
+    ('vit_jax.checkpoint.npz', 'vit_jax.models.registry'),  # the ground floor reaches up
+    ('vit_jax.data.preprocess', 'vit_jax.checkpoint.tree'),  # data imports no other folder
+    ('vit_jax.models.loader', 'vit_jax.training.workdir'),
+    ('vit_jax.training.train', 'vit_jax.tools.fewshot'),  # nothing imports tools/
+    ('vit_jax.benchmarking.suite', 'vit_jax.tools.parity'),
+    ('vit_jax.main', 'vit_jax.tools.classify'),
+])
+def test_an_arrow_that_runs_back_up_is_reported(importer, imported):
+  graph = {importer: {imported}, imported: set()}
+  assert floor_violations(graph) == {
+      f'floor: {importer} imports {imported} ({folder(importer) or "root"} may import '
+      f'{", ".join(sorted(FLOORS[folder(importer)]))})'}
+
+
+def test_the_floors_allow_the_arrows_that_run_down():
+  graph = {'vit_jax.models.loader': {'vit_jax.checkpoint.npz', 'vit_jax.data.image_io'},
+           'vit_jax.tools.fewshot': {'vit_jax.training.fewshot', 'vit_jax.models.loader'},
+           'vit_jax.main': {'vit_jax.training.train'}, 'vit_jax': set()}
+  assert not floor_violations(graph)
+  assert floor_violations({'vit_jax.newfolder.x': set()}) == {
+      'floor: vit_jax.newfolder.x is in a folder FLOORS has no rule for'}
 
 
 @pytest.mark.parametrize('source,expected', [
-    ('from vit_jax import models_vit\nx = models_vit._dtype', {'vit_jax.models_vit._dtype'}),
-    ('from vit_jax.models_vit import _dtype', {'vit_jax.models_vit._dtype'}),
-    ('from vit_jax.models_vit import __doc__, DropPath', set()),
+    ('from vit_jax.models.vit import model\nx = model._dtype', {'vit_jax.models.vit.model._dtype'}),
+    ('from vit_jax.models.vit.model import _dtype', {'vit_jax.models.vit.model._dtype'}),
+    ('from vit_jax.models.vit.model import __doc__, DropPath', set()),
 ])
 def test_private_names_are_detected(source, expected):
-  visitor = _Imports('vit_jax.other', False, {'vit_jax', 'vit_jax.models_vit', 'vit_jax.other'})
+  visitor = _Imports('vit_jax.other', False,
+                     {'vit_jax', 'vit_jax.models.vit.model', 'vit_jax.other'})
   visitor.visit(ast.parse(source))
   assert visitor.private == expected
-  assert visitor.edges == {'vit_jax.models_vit'}
+  assert visitor.edges == {'vit_jax.models.vit.model'}

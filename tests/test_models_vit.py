@@ -160,7 +160,7 @@ def test_bad_input_is_rejected_with_a_clear_error():
 def test_training_and_inference_attention_paths_agree_with_numpy():
   """On CPU, training takes flax's einsum attention and inference `jax.nn.dot_product_attention`
   (BENCHMARKS.md, issue 14): both must be the same function, values and gradients."""
-  from vit_jax import layers
+  from vit_jax.models import layers
   q, k, v = (np.asarray(jax.random.normal(key, (2, 7, 3, 8)))
              for key in jax.random.split(jax.random.key(0), 3))
   logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(8)

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 
 import tiny_config
-from vit_jax import optim
+from vit_jax.training import optim
 
 
 def _quadratic_params():

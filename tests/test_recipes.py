@@ -12,10 +12,8 @@ import tensorflow as tf
 
 from helpers import load_config, make_image_folder
 import tiny_config
-from vit_jax import input_pipeline
-from vit_jax import models
-from vit_jax import optim
-from vit_jax import step as step_lib
+from vit_jax.data import input_pipeline
+from vit_jax.training import step as step_lib
 
 # big_vision configs/vit_s16_i1k.py, field by field (its names on the left in comments).
 BIG_VISION_S16_I1K = {

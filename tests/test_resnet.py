@@ -13,9 +13,9 @@ from helpers import random_params
 from helpers import randomize
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax import models_cnn
-from vit_jax import models_resnet
-from vit_jax import models_resnet_v1
+from vit_jax.models.bit import model as bit_model
+from vit_jax.models.cnn import model as cnn_model
+from vit_jax.models.resnet import model as resnet_model
 
 
 def jit_apply(model):
@@ -48,11 +48,11 @@ def test_bit_parameter_count_equals_timm(timm):
 
 def test_zoo_entries():
   for name in ('BiT-M-R50x1', 'BiT-S-R101x3', 'BiT-M-R152x4'):
-    assert models.model_class(name) is models_resnet.ResNetV2
+    assert models.model_class(name) is bit_model.ResNetV2
   config = models.MODEL_CONFIGS['BiT-M-R152x4']
   assert tuple(config.num_layers) == (3, 8, 36, 3) and config.width_factor == 4
-  assert models.model_class('ResNet-50') is models_resnet_v1.ResNet
-  assert models.model_class('CNN-CIFAR') is models_cnn.CifarCNN
+  assert models.model_class('ResNet-50') is resnet_model.ResNet
+  assert models.model_class('CNN-CIFAR') is cnn_model.CifarCNN
   # R101x3: widths x3 reach the doc's 64·2^(s-1)·wf; 4x of that at the end of stage 4.
   shapes = param_shapes(models.get_model('BiT-M-R101x3', num_classes=None), size=32)
   assert shapes['block4']['unit03']['conv3']['kernel'].shape == (1, 1, 1536, 6144)
@@ -88,20 +88,20 @@ def test_bit_structure_and_outputs():
 
 
 def test_bit_rejects_bad_input():
-  model = models_resnet.ResNetV2(num_classes=3, num_layers=())
+  model = bit_model.ResNetV2(num_classes=3, num_layers=())
   with pytest.raises(ValueError, match='num_layers'):
     model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
   with pytest.raises(ValueError, match='NHWC'):
-    models_resnet.ResNetV2(num_classes=3).init(jax.random.key(0), jnp.zeros((32, 32, 3)))
+    bit_model.ResNetV2(num_classes=3).init(jax.random.key(0), jnp.zeros((32, 32, 3)))
 
 
 def test_standardize_weight_matches_the_documented_formulas():
   w = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32) * 3 + 1
   mean = w.mean(axis=(0, 1, 2), keepdims=True)
   var = w.var(axis=(0, 1, 2), keepdims=True)
-  bit = models_resnet.standardize_weight(w, eps=1e-10, eps_in_sqrt=True)
+  bit = bit_model.standardize_weight(w, eps=1e-10, eps_in_sqrt=True)
   np.testing.assert_allclose(bit, (w - mean) / np.sqrt(var + 1e-10), rtol=1e-5, atol=1e-6)
-  hybrid = models_resnet.standardize_weight(w, eps=0.5, eps_in_sqrt=False)
+  hybrid = bit_model.standardize_weight(w, eps=0.5, eps_in_sqrt=False)
   np.testing.assert_allclose(hybrid, (w - mean) / (np.sqrt(var) + 0.5), rtol=1e-5, atol=1e-6)
 
 

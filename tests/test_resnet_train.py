@@ -12,10 +12,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from helpers import load_config, make_image_folder
-from vit_jax import base_config
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train
+from vit_jax.training import base_config
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import train
 
 
 
@@ -97,6 +97,7 @@ def _restore_model_state(workdir, step):
                         else restored.model_state)
 
 
+@pytest.mark.slow
 def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
   data = make_image_folder(str(tmp_path / 'images'), splits=(('train', 32), ('test', 8)))
   config = resnet_config(

@@ -5,7 +5,7 @@ import jax
 from jax.sharding import AbstractMesh, PartitionSpec as P
 import pytest
 
-from vit_jax import sharding
+from vit_jax.training import sharding
 
 MESH = AbstractMesh((4, 2), ('data', 'fsdp'))
 

@@ -16,10 +16,10 @@ from helpers import config_module
 from helpers import count_params
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax import models_swin
 from vit_jax.checkpoint import files
 from vit_jax.checkpoint import resize
 from vit_jax.checkpoint import swin_keys
+from vit_jax.models.swin import model as swin_model
 
 # timm's (and the paper's) parameter counts with 1000 classes.
 PARAM_COUNTS = {'Swin-T': 28_288_354, 'Swin-S': 49_606_258, 'Swin-B': 87_768_224,
@@ -47,7 +47,7 @@ def test_parameter_counts_equal_timm(name):
 
 def test_zoo_entries():
   for variant in 'TSBL':
-    assert models.model_class(f'Swin-{variant}') is models_swin.SwinTransformer
+    assert models.model_class(f'Swin-{variant}') is swin_model.SwinTransformer
     assert models.MODEL_CONFIGS[f'Swin-{variant}'].window_size == 7
     assert models.MODEL_CONFIGS[f'Swin-{variant}-384'].window_size == 12
   assert models.MODEL_CONFIGS['Swin-B'].num_heads == (4, 8, 16, 32)
@@ -55,7 +55,7 @@ def test_zoo_entries():
 
 def test_relative_position_index_matches_definition():
   wh, ww = 3, 4
-  index = models_swin.relative_position_index((wh, ww))
+  index = swin_model.relative_position_index((wh, ww))
   coords = [(i, j) for i in range(wh) for j in range(ww)]
   for a, (ia, ja) in enumerate(coords):
     for b, (ib, jb) in enumerate(coords):
@@ -64,7 +64,7 @@ def test_relative_position_index_matches_definition():
 
 
 def test_shifted_window_mask_separates_regions():
-  mask = models_swin.shifted_window_mask((8, 8), (4, 4), (2, 2))
+  mask = swin_model.shifted_window_mask((8, 8), (4, 4), (2, 2))
   assert mask.shape == (4, 16, 16) and set(np.unique(mask)) == {0., -100.}
   assert not mask[0].any()  # The top-left window holds one contiguous region.
   # Bottom-right window after the roll: four regions of 2x2 tokens, each attending to itself.
@@ -73,17 +73,17 @@ def test_shifted_window_mask_separates_regions():
 
 
 def test_window_and_shift_per_stage():
-  assert models_swin.stage_window((56, 56), 7, shift=True) == ((7, 7), (3, 3))
-  assert models_swin.stage_window((7, 7), 7, shift=True) == ((7, 7), (0, 0))
-  assert models_swin.stage_window((7, 7), 12, shift=True) == ((7, 7), (0, 0))
-  assert models_swin.stage_windows(384, 4, 4, 12) == [(12, 12)] * 4
-  assert models_swin.stage_windows(224, 4, 4, 12)[-1] == (7, 7)
+  assert swin_model.stage_window((56, 56), 7, shift=True) == ((7, 7), (3, 3))
+  assert swin_model.stage_window((7, 7), 7, shift=True) == ((7, 7), (0, 0))
+  assert swin_model.stage_window((7, 7), 12, shift=True) == ((7, 7), (0, 0))
+  assert swin_model.stage_windows(384, 4, 4, 12) == [(12, 12)] * 4
+  assert swin_model.stage_windows(224, 4, 4, 12)[-1] == (7, 7)
 
 
 def test_patch_merging_channel_order():
   x = jnp.arange(16.).reshape(1, 4, 4, 1)
-  variables = models_swin.PatchMerging().init(jax.random.key(0), x)
-  _, state = models_swin.PatchMerging().apply(
+  variables = swin_model.PatchMerging().init(jax.random.key(0), x)
+  _, state = swin_model.PatchMerging().apply(
       variables, x, capture_intermediates=lambda mdl, _: isinstance(mdl, nn.LayerNorm))
   merged = state['intermediates']['norm']['__call__'][0]
   # Inputs of the norm at output (0, 0): x[0,0], x[1,0], x[0,1], x[1,1] -> values 0, 4, 1, 5.
@@ -131,6 +131,7 @@ def test_features_dtypes_and_dropout():
   assert not np.array_equal(logits_bf16, logits)
 
 
+@pytest.mark.slow
 def test_torch_is_not_imported():
   code = ('import sys, vit_jax.models, vit_jax.checkpoint, vit_jax.families; '
           'assert "torch" not in sys.modules, "torch imported"')
@@ -178,11 +179,11 @@ def official_layout(state_dict):
   for stage, depth in enumerate((2, 2, 6, 2)):
     resolution = (56 >> stage,) * 2
     for block in range(depth):
-      window, shift = models_swin.stage_window(resolution, 7, shift=block % 2 == 1)
+      window, shift = swin_model.stage_window(resolution, 7, shift=block % 2 == 1)
       prefix = f'layers.{stage}.blocks.{block}.'
-      out[prefix + 'attn.relative_position_index'] = models_swin.relative_position_index(window)
+      out[prefix + 'attn.relative_position_index'] = swin_model.relative_position_index(window)
       if any(shift):
-        out[prefix + 'attn_mask'] = models_swin.shifted_window_mask(resolution, window, shift)
+        out[prefix + 'attn_mask'] = swin_model.shifted_window_mask(resolution, window, shift)
   return out
 
 
@@ -376,7 +377,7 @@ def test_short_adamw_run_lowers_loss():
 
 
 def test_swin_config_decays_only_kernels():
-  from vit_jax import optim  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
   module = config_module('swin.py')
   for arg, drop_path in (('Swin-T', 0.2), ('Swin-S', 0.3), ('Swin-B', 0.5), ('cifar10', 0.1)):
     config = module.get_config(arg)

@@ -13,11 +13,12 @@ import pytest
 from helpers import REPO, run_main
 import tiny_config
 from vit_jax import checkpoint
-from vit_jax import input_pipeline
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import step as step_lib
-from vit_jax import train
+from vit_jax.data import input_pipeline
+from vit_jax.training import evaluators
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import step as step_lib
+from vit_jax.training import train
 
 make_config = tiny_config.for_data
 
@@ -61,8 +62,8 @@ def test_eval_counts_every_example_once(data_overrides):
   state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
   state = state.replace(params=jax.tree.map(lambda p: p + 0.02 * jnp.sin(
       jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), state.params))
-  metrics = train.evaluate(jax.jit(step_lib.make_eval_step(model)), state, config, source,
-                           sharding.batch_sharding(mesh))
+  metrics = evaluators.evaluate(jax.jit(step_lib.make_eval_step(model)), state, config,
+                                sharding.batch_sharding(mesh), (ds, num_batches))
   images = np.concatenate([b['image'] for b in batches])[:300]
   labels = np.concatenate([b['label'] for b in batches])[:300]
   logits = np.asarray(model.apply({'params': state.params}, images))
@@ -89,6 +90,7 @@ def test_sigkill_and_resume_gives_identical_parameters(tmp_path, data_overrides)
   assert sorted(os.listdir(straight / 'checkpoints')) == ['12', '8']
 
 
+@pytest.mark.slow
 def test_finetune_from_32px_checkpoint_at_48px(tmp_path, data_overrides):
   config = make_config(data_overrides, total_steps=2, eval_every=2, checkpoint_every=2,
                        log_every=1, eval_split='test[:64]')
@@ -146,6 +148,7 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   np.testing.assert_allclose(norms, [reference, reference], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_overrides):
   config = make_config(data_overrides, total_steps=8, checkpoint_every=2)
   config.lr.base = 1e30  # Diverges within a few steps.
@@ -161,6 +164,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_o
   assert 'Traceback' in log and 'FloatingPointError: Loss is' in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('overrides,match', [
     (dict(dataset='no_such_dataset'), 'Unknown dataset'),
     (dict(train_split='validation'), 'Unknown split'),
@@ -174,6 +178,7 @@ def test_bad_configs_fail_before_compute(tmp_path, data_overrides, overrides, ma
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_pretrained_file_that_does_not_fit_is_rejected(tmp_path, data_overrides):
   bad = tmp_path / 'bad.npz'
   checkpoint.save({'embedding': {'kernel': np.zeros((8, 8, 3, 16), np.float32)}}, bad)
@@ -183,6 +188,7 @@ def test_pretrained_file_that_does_not_fit_is_rejected(tmp_path, data_overrides)
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_unknown_config_field_on_the_command_line(tmp_path, data_overrides):
   args = [sys.executable, '-m', 'vit_jax.main',
           f'--config={os.path.join(REPO, "tests", "tiny_config.py")}', f'--workdir={tmp_path}',

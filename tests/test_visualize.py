@@ -1,5 +1,5 @@
 """Looking inside a ViT: sown attention weights, rollout, position-embedding similarity,
-embedding filters, training curves, and the `python -m vit_jax.visualize` commands on a photo."""
+embedding filters, training curves, and the `python -m vit_jax.tools.visualize` commands on a photo."""
 
 import functools
 import os
@@ -13,9 +13,9 @@ from PIL import Image
 import pytest
 
 from vit_jax import checkpoint
-from vit_jax import interpret
 from vit_jax import models
-from vit_jax import visualize
+from vit_jax.tools import interpret
+from vit_jax.tools import visualize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, PATCH = 32, 8
@@ -177,6 +177,7 @@ def assert_real_png(path, min_size=200):
   assert pixels.std() > 10  # A figure, not a blank canvas.
 
 
+@pytest.mark.slow
 def test_commands_write_pngs_for_a_real_photo(tmp_path):
   skimage_data = pytest.importorskip('skimage.data')
   Image.fromarray(skimage_data.astronaut()).save(tmp_path / 'astronaut.png')
@@ -185,7 +186,7 @@ def test_commands_write_pngs_for_a_real_photo(tmp_path):
   runs = {}
   for command in ('attention', 'rollout', 'posemb'):
     runs[command] = subprocess.Popen(
-        [sys.executable, '-m', 'vit_jax.visualize', command,
+        [sys.executable, '-m', 'vit_jax.tools.visualize', command,
          f'--checkpoint={tmp_path / "tiny.npz"}', f'--image={tmp_path / "astronaut.png"}',
          f'--output={tmp_path / command}.png'],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,6 +1,6 @@
 """A seconds-scale training config for the tests (a 1-layer, 32-wide ViT on 32 px images)."""
 
-from vit_jax import base_config
+from vit_jax.training import base_config
 
 
 def get_config(arg: str = ''):

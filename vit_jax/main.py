@@ -17,7 +17,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from vit_jax import train
+from vit_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/FILE.py[:ARGS].', lock_config=True)

@@ -4,8 +4,9 @@ Three measurements of one experiment config, each over the same number of steps 
 untimed ones (compilation, the pipeline's start-up):
 
 - the job: `train.train_and_evaluate` as configured, images/s as its log reports them;
-- the step alone: the same job with its training stream replaced by one cached batch repeated,
-  so the loop costs only the step and the loop's own bookkeeping;
+- the step alone: the same job handed a training stream of one cached batch repeated
+  (`train_and_evaluate(..., train_data=...)`), so the loop costs only the step and the loop's
+  own bookkeeping;
 - the pipeline alone: `input_pipeline.train_dataset` iterated with no model, on all cores.
 
 TensorFlow is imported when a function runs, not with this module.
@@ -17,11 +18,10 @@ import sys
 import tempfile
 import time
 from typing import Any, Callable
-from unittest import mock
 
 import ml_collections
 
-from vit_jax import config_args
+from vit_jax.training import config_args
 
 
 def quick_config(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
@@ -48,21 +48,18 @@ def one_batch_repeated(train_dataset: Callable[..., Any]) -> Callable[..., Any]:
 def job_images_per_s(config: ml_collections.ConfigDict, steps: int,
                      input_cost: bool = True) -> float:
   """Images/s of the job's loop over its last `steps` steps (after `steps` untimed ones)."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
+  stream = (input_pipeline.train_dataset if input_cost
+            else one_batch_repeated(input_pipeline.train_dataset))
   with tempfile.TemporaryDirectory() as workdir:
-    if input_cost:
-      metrics = train.train_and_evaluate(quick_config(config, steps), workdir)
-    else:
-      with mock.patch.object(input_pipeline, 'train_dataset',
-                             one_batch_repeated(input_pipeline.train_dataset)):
-        metrics = train.train_and_evaluate(quick_config(config, steps), workdir)
+    metrics = train.train_and_evaluate(quick_config(config, steps), workdir, train_data=stream)
   return metrics['img_per_sec']
 
 
 def pipeline_images_per_s(config: ml_collections.ConfigDict, steps: int) -> float:
   """Images/s of the training stream alone over `steps` batches after `steps` untimed ones."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   source = input_pipeline.get_source(config, config.train_split)
   batches = input_pipeline.train_dataset(config, source, config.batch_size).as_numpy_iterator()
   for _ in range(steps):

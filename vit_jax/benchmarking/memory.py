@@ -7,10 +7,10 @@ from typing import Sequence
 
 import jax
 
-from vit_jax import base_config
-from vit_jax import sharding
-from vit_jax import step as step_lib
 from vit_jax.benchmarking import report
+from vit_jax.training import base_config
+from vit_jax.training import sharding
+from vit_jax.training import job as job_lib
 
 
 def memory_table(model_names: Sequence[str], batch: int, resolution: int, dtype: str,
@@ -18,8 +18,8 @@ def memory_table(model_names: Sequence[str], batch: int, resolution: int, dtype:
   """Per-device bytes of the Adam train step, data parallel vs FSDP over all devices.
 
   Parameters and optimizer state are counted from their shardings; arguments, outputs and
-  temporaries come from XLA's compiled memory analysis (`vit_jax.step.memory_analysis`). Run
-  with `XLA_FLAGS=--xla_force_host_platform_device_count=8` to see 8 devices on a CPU.
+  temporaries come from XLA's compiled memory analysis (`training.job.Job.memory_analysis`).
+  Run with `XLA_FLAGS=--xla_force_host_platform_device_count=8` to see 8 devices on a CPU.
   """
   mib = report.mib
   mesh = sharding.make_mesh((('data', -1),))
@@ -38,7 +38,7 @@ def memory_table(model_names: Sequence[str], batch: int, resolution: int, dtype:
       config.optimizer.name = 'adam'
       config.sharding_rules = rules
       print(f'[memory] {name} {layout} ...', file=sys.stderr, flush=True)
-      stats = step_lib.memory_analysis(config, num_classes, mesh)
+      stats = job_lib.build(config, num_classes, mesh).memory_analysis()
       totals[layout] = stats['params_bytes'] + stats['opt_state_bytes']
       out.append(f"| {name} | {layout} | {mib(stats['params_bytes'])} | "
                  f"{mib(stats['opt_state_bytes'])} | {mib(totals[layout])} | "

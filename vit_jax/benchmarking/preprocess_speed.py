@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vit_jax import base_config
+from vit_jax.training import base_config
 
 # ImageNet's most common shapes: 500x375 landscape and 375x500 portrait (height, width).
 SHAPES = ((375, 500), (500, 375), (333, 500))
@@ -60,7 +60,7 @@ def _measure(cores: Sequence[int], root: str, image_size: int, pp: str, batch: i
              batches: int, queue: Any) -> None:
   """In a child process: pins it to `cores`, then puts the stream's images/s on `queue`."""
   os.sched_setaffinity(0, cores)  # Before TensorFlow starts its threads, which inherit it.
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = _config(root, image_size, pp)
   source = input_pipeline.get_source(config, 'train')
   stream = input_pipeline.train_dataset(config, source, batch).as_numpy_iterator()

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from vit_jax import base_config
+from vit_jax.training import base_config
 
 PP_TRAIN = 'random_crop(pad=4)|flip_lr|value_range(-1, 1)'
 
@@ -45,7 +45,7 @@ def time_resume(config: Any, split: str, batch: int, fractions: Sequence[float],
   first takes TensorFlow's one-off start-up costs, and the fractions alternate, so that neither
   is favoured by the page cache or a busy machine.
   """
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
 
   def once(fraction):
     start = time.perf_counter()

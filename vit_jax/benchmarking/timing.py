@@ -13,8 +13,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from vit_jax import step as step_lib
 from vit_jax.benchmarking import flops as flops_lib
+from vit_jax.training import step as step_lib
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ def train_step(model: Any, learning_rate: float = 0.01) -> tuple[Callable, Any, 
   tx = optax.sgd(learning_rate, momentum=0.9)
   config = ml_collections.ConfigDict({'accum_steps': 1, 'label_smoothing': 0.})
   step = step_lib.make_train_step(model, tx, optax.constant_schedule(learning_rate), config)
-  return step, tx, 'vit_jax.step.make_train_step with optax SGD, momentum 0.9'
+  return step, tx, 'vit_jax.training.step.make_train_step with optax SGD, momentum 0.9'
 
 
 def measure_train(model: Any, params: Any, images: jax.Array, labels: jax.Array,

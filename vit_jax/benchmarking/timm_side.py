@@ -9,13 +9,12 @@ import statistics
 import time
 from typing import Any
 
-from vit_jax import families
 from vit_jax import models
 
 
 def timm_counterpart(name: str, resolution: int, num_classes: int) -> Any:
   """The timm module of zoo model `name`, randomly initialised, from its family's record."""
-  family = families.of_model(name)
+  family = models.of_model(name)
   if family.torch_model is None:
     raise ValueError(f'--compare-timm needs a timm counterpart; the {family.name} family of '
                      f'{name} has none')

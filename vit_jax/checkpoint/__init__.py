@@ -19,12 +19,9 @@ Imports neither TensorFlow nor torch. The modules:
   pretrained    `inspect_params`, `load_pretrained` (npz families), `load_pretrained_swin`
   architecture  the architecture parameters describe (ViT, hybrid, Swin)
   torch_models  the timm counterparts of our models; `timm_import` imports timm safely
-  formats       the formats `convert` reads and writes (detect, read, write)
-  model_from    the model a checkpoint describes, ready to run (the tools' loader)
-  parity        our model against its torch counterpart on the same weights
 
-`formats`, `model_from` and `parity` use the family records (`vit_jax.families`) and are not
-imported here (import them as `from vit_jax.checkpoint import model_from`).
+The ground floor of the package: it imports nothing of `vit_jax` outside itself. The file
+formats `convert` reads and the one loader that builds a model from a file are in `models/`.
 
 One meaning for a `.npz`: a flat `/`-keyed parameter tree in one of `npz.LAYOUTS` (the original
 ViT/hybrid names, BiT's, big_vision's). For Swin that is our parameter tree as `save` and a

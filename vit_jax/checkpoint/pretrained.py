@@ -72,7 +72,8 @@ def _num_prefix_tokens(flat_init: Mapping[str, Any]) -> int:
   return sum(key in flat_init for key in ('cls', 'dist')) + registers
 
 
-def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[str, Any],
+def load_pretrained(*, pretrained_path: str | os.PathLike | Mapping[str, Any],
+                    init_params: Mapping[str, Any],
                     model_config: Mapping[str, Any] | Any, reset_head: bool = True,
                     grid: tuple[int, int] | None = None,
                     old_grid: tuple[int, int] | None = None) -> Params:
@@ -86,14 +87,16 @@ def load_pretrained(*, pretrained_path: str | os.PathLike, init_params: Mapping[
   get their blocks stacked.
 
   Args:
-    pretrained_path: `.npz` in any registered layout.
+    pretrained_path: `.npz` in any registered layout, or its parameters (nested).
     init_params: the fine-tuning model's initial parameters (shapes, dtypes and the new head).
     model_config: the fine-tuning model's config (reads `representation_size`).
     reset_head: keep the checkpoint's head instead when False (shapes must then fit).
     grid: the model's patch grid (h, w) when it is not square.
     old_grid: the checkpoint's patch grid when it is not square.
   """
-  flat = tree.flatten(npz.load(pretrained_path))
+  if isinstance(pretrained_path, (str, os.PathLike)):
+    pretrained_path = npz.load(pretrained_path)
+  flat = tree.flatten(pretrained_path)
   flat_init = tree.flatten(init_params)
   representation_size = (model_config.get('representation_size')
                          if hasattr(model_config, 'get') else None)

@@ -1,0 +1,165 @@
+"""The one loader (`models.loader`): every tool, the teacher and fine-tuning read model files
+through it, in any format `convert` reads, with the model card and state beside them.
+
+The acceptance flow trains the CIFAR-10 CNN and the small ViT as a user does, then runs
+`classify`, `visualize attention` and `fewshot` on the exported `model.npz` and on the same
+weights converted to timm `.safetensors` (the ViT; timm has no counterpart of our CNN).
+"""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from helpers import REPO, classify_cli, make_image_folder, random_params, run_python
+from helpers import write_eval_pngs
+import tiny_config
+from vit_jax import checkpoint
+from vit_jax import models
+from vit_jax.models import card as card_lib
+from vit_jax.models import loader
+from vit_jax.tools import convert
+from vit_jax.training import distill
+from vit_jax.training import fewshot
+
+
+def _tiny_vit_export(path, num_classes=10):
+  """A tiny ViT written as a training export: `.npz`, its card, no state."""
+  config = tiny_config.get_config()
+  model = models.get_model(config.model_name, num_classes=num_classes, **config.model)
+  params = random_params(model, np.zeros((1, 32, 32, 3), np.float32))
+  card = card_lib.make_card(model_name=config.model_name, model_overrides=config.model,
+                            num_classes=num_classes, class_names=None, image_size=32,
+                            pp_eval=config.pp_eval, normalization='cifar10')
+  card_lib.write_model(path, params, None, card)
+  return model, params
+
+
+def test_a_converted_export_loads_with_its_card_and_the_same_variables(tmp_path):
+  _, params = _tiny_vit_export(tmp_path / 'model.npz')
+  convert.convert(str(tmp_path / 'model.npz'), str(tmp_path / 'timm.safetensors'))
+  assert (tmp_path / 'timm.json').exists()  # The card goes with the weights.
+  from_npz = loader.load(tmp_path / 'model.npz')
+  from_timm = loader.load(tmp_path / 'timm.safetensors')
+  for loaded in (from_npz, from_timm):
+    assert loaded.normalization == 'cifar10' and loaded.image_size == (32, 32)
+    assert loaded.pp_eval == 'normalize("cifar10")'
+    # The card's model (tanh GELU, as trained), not the exact GELU timm files imply.
+    assert loaded.model.transformer.get('gelu_approximate', True) is True
+  jax.tree.map(np.testing.assert_array_equal, from_npz.params, from_timm.params)
+  jax.tree.map(np.testing.assert_array_equal, from_npz.params, params)
+  x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_array_equal(from_npz.model.apply(from_npz.variables, x),
+                                from_timm.model.apply(from_timm.variables, x))
+
+
+def test_a_timm_file_without_card_runs_with_the_exact_gelu(tmp_path):
+  model, params = _tiny_vit_export(tmp_path / 'model.npz')
+  os.remove(tmp_path / 'model.json')
+  convert.convert(str(tmp_path / 'model.npz'), str(tmp_path / 'bare.safetensors'))
+  loaded = loader.load(tmp_path / 'bare.safetensors', num_heads=2)
+  assert loaded.model.transformer['gelu_approximate'] is False  # timm's ViTs: exact GELU
+  assert loaded.normalization == 'minus_one_one'  # the family's default, without a card
+
+
+def test_one_exception_type_for_a_missing_state(tmp_path):
+  config = tiny_config.get_config()
+  model = models.get_model('ResNet-18', num_classes=10, num_layers=(1,), width=8)
+  shapes = models.init_shapes(model, (32, 32))
+  params = random_params(model, np.zeros((1, 32, 32, 3), np.float32))
+  checkpoint.save(params, tmp_path / 'resnet.npz')
+  with pytest.raises(checkpoint.CheckpointError, match='batch_stats'):
+    loader.load(tmp_path / 'resnet.npz', 'ResNet-18', num_layers=(1,), width=8)
+  config.distillation = ml_collections.ConfigDict(dict(
+      teacher_model='ResNet-18', teacher_path=str(tmp_path / 'resnet.npz'),
+      teacher_overrides={'num_layers': (1,), 'width': 8}))
+  with pytest.raises(checkpoint.CheckpointError, match='batch_stats'):
+    distill.load_teacher(config, 10)
+  # With the state sidecar beside it, the same file is a teacher.
+  checkpoint.save({'batch_stats': jax.tree.map(lambda s: np.ones(s.shape, s.dtype),
+                                                shapes['batch_stats'])},
+                  card_lib.state_path_for(tmp_path / 'resnet.npz'))
+  teacher, variables = distill.load_teacher(config, 10)
+  assert set(variables) == {'params', 'batch_stats'}
+  with pytest.raises(FileNotFoundError):
+    loader.load(tmp_path / 'nothing.npz')
+
+
+def test_the_few_shot_probe_compiles_once_per_job(tmp_path):
+  root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 12), ('test', 6)))
+  config = tiny_config.for_data(dict(dataset='imagefolder', data_dir=root))
+  config.fewshot.update(train_split='train', test_split='test', shots=(1, 2), batch_size=8)
+  model = models.get_model(config.model_name, num_classes=3, **config.model)
+  params = random_params(model, np.zeros((1, 32, 32, 3), np.float32))
+  probe = fewshot.Probe(model, config)
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *_, **__: compiles.append(name)
+      if name == '/jax/core/compile/backend_compile_duration' else None)
+  first = probe({'params': params})
+  compiled_once = len(compiles)
+  moved = jax.tree.map(lambda p: p + 0.5, params)
+  second = probe({'params': moved})
+  assert compiled_once >= 1 and len(compiles) == compiled_once, 'recompiled for new parameters'
+  assert set(first) == set(second) == {'fewshot_1shot', 'fewshot_2shot'}
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance: train as a user does, then every tool on the export and its timm conversion.
+
+
+@pytest.fixture(scope='module')
+def exports(tmp_path_factory, data_overrides):
+  """{config: (workdir, the job's final eval accuracy)} of two short quick-config runs."""
+  root = tmp_path_factory.mktemp('exports')
+  runs = {}
+  for name in ('cifar10_cnn.py:quick', 'cifar10_scratch.py:quick'):
+    workdir = root / name.split('.')[0]
+    out = run_python(
+        '-m', 'vit_jax.main', f'--config={REPO}/configs/{name}', f'--workdir={workdir}',
+        f'--config.dataset={data_overrides["dataset"]}',
+        f'--config.data_dir={data_overrides["data_dir"]}', '--config.download=False',
+        '--config.total_steps=200', '--config.batch_size=64', '--config.eval_every=200',
+        '--config.checkpoint_every=200', '--config.eval_split=test[:300]',
+        '--config.fewshot_every=0')
+    runs[name] = (workdir, float(re.findall(r'\beval_accuracy=([\d.]+)', out)[-1]))
+  return runs
+
+
+def _fewshot(path, data_overrides):
+  out = run_python('-m', 'vit_jax.tools.fewshot', f'--checkpoint={path}',
+                   f'--dataset={data_overrides["dataset"]}',
+                   f'--data_dir={data_overrides["data_dir"]}', '--train_split=train[:300]',
+                   '--test_split=test[:300]', '--shots=1,5')
+  return dict(re.findall(r'^(fewshot_\d+shot): ([\d.]+)$', out, re.M))
+
+
+@pytest.mark.slow
+def test_every_tool_runs_on_the_export_and_its_conversion(exports, data_overrides, tmp_path):
+  config = tiny_config.for_data(data_overrides, eval_split='test[:300]')
+  paths, labels = write_eval_pngs(config, str(tmp_path), 300)
+  for name, (workdir, accuracy) in exports.items():
+    files = [workdir / 'model.npz']
+    if 'scratch' in name:  # The ViT converts to timm; the card and state go with it.
+      run_python('-m', 'vit_jax.tools.convert', f'--from={workdir / "model.npz"}',
+                 f'--to={workdir / "timm.safetensors"}')
+      files.append(workdir / 'timm.safetensors')
+    shots = []
+    for path in files:
+      top1, header = classify_cli(path, paths)
+      ours = np.mean([top1[p][0] == y for p, y in zip(paths, labels)])
+      # Fed as the job's evaluation fed it (the card's normalisation): the same accuracy.
+      assert abs(ours - accuracy) <= 0.01, (name, path.name, ours, accuracy, header)
+      shots.append(_fewshot(path, data_overrides))
+      assert set(shots[-1]) == {'fewshot_1shot', 'fewshot_5shot'}, shots[-1]
+      if 'scratch' in name:
+        figure = tmp_path / f'{path.stem}_attention.png'
+        run_python('-m', 'vit_jax.tools.visualize', 'attention', f'--checkpoint={path}',
+                   f'--image={paths[0]}', f'--output={figure}')
+        assert np.asarray(Image.open(figure)).std() > 0
+    assert all(s == shots[0] for s in shots), (name, shots)  # Same weights, same accuracies.

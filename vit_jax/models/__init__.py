@@ -1,0 +1,27 @@
+"""Everything about a model: the registry, shared layers, one folder per family, model files.
+
+  registry    every family and zoo entry: `get_model`, `MODEL_CONFIGS`, `init_shapes`, lookups
+  family      the `Family` record a family folder fills in
+  layers      layers the families share (attention, MLP, drop path)
+  vit/ swin/ bit/ resnet/ cnn/   each: `model.py` (the Flax module), `zoo.py`, `family.py`
+  card        the model card and state sidecar a training export writes beside its `.npz`
+  formats     the file formats `tools.convert` reads and writes
+  loader      the one loader: any model file (+ card, state) -> model, variables, how to feed it
+
+As in the original library, `models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])`
+builds a ViT. Imports `checkpoint/` and `data/` only.
+"""
+
+from vit_jax.models.registry import by_name
+from vit_jax.models.registry import FAMILIES
+from vit_jax.models.registry import Family
+from vit_jax.models.registry import get_model
+from vit_jax.models.registry import init_shapes
+from vit_jax.models.registry import model_class
+from vit_jax.models.registry import model_config
+from vit_jax.models.registry import MODEL_CONFIGS
+from vit_jax.models.registry import MODEL_FAMILIES
+from vit_jax.models.registry import of_model
+from vit_jax.models.registry import of_params
+from vit_jax.models.registry import of_state_dict
+from vit_jax.models.vit.model import VisionTransformer

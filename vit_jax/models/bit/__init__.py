@@ -1,0 +1,1 @@
+"""The BiT family: `model.ResNetV2` (pre-activation, GroupNorm + weight standardisation), its zoo and record."""

@@ -1,0 +1,1 @@
+"""The CIFAR CNN baseline: `model.CifarCNN`, its zoo and record."""

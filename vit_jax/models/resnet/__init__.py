@@ -1,0 +1,1 @@
+"""The ResNet v1.5 family: `model.ResNet` (BatchNorm), its zoo and record."""

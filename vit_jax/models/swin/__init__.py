@@ -1,0 +1,1 @@
+"""The Swin family: `model.SwinTransformer`, its zoo and record."""

@@ -1,0 +1,72 @@
+"""DeiT distillation (Touvron et al. 2021): a frozen teacher supervises the distillation token.
+
+The student is a VisionTransformer with `distilled=True`: a second learnable token `dist` next to
+`cls`, with its own head `head_dist`. In training it returns both heads' logits; at inference
+their average. The teacher is any zoo model with an `.npz` checkpoint; its variables enter the
+jitted train step as a separate argument, so they are never differentiated, updated or saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_jax.checkpoint.errors import CheckpointError
+from vit_jax.models import loader
+
+
+def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
+                      teacher_logits: jax.Array, kind: str = 'hard', alpha: float = 0.5,
+                      temperature: float = 1.0, weights: jax.Array | None = None
+                      ) -> jax.Array:
+  """Mean of (1 - alpha) * CE(cls, targets) + alpha * the distillation term.
+
+  `weights` (B,) of 0 or 1: the mean over the examples of weight 1 (those the input pipeline
+  decoded), bit-identical to the plain mean when all are 1.
+
+  'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft': DeiT's
+  `kl_div(..., reduction='sum') * T^2 / numel`, i.e. T^2 * KL(softmax(teacher / T) ||
+  softmax(dist / T)) summed over the batch and divided by batch x classes (B * K), not by B.
+  """
+  teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  base = optax.softmax_cross_entropy(cls_logits.astype(jnp.float32), targets)
+  if kind == 'hard':
+    teacher_labels = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), dist_logits.shape[-1])
+    distill = optax.softmax_cross_entropy(dist_logits.astype(jnp.float32), teacher_labels)
+  elif kind == 'soft':
+    t = temperature
+    # Per example KL / K, so that the batch mean below is DeiT's sum / (B * K).
+    distill = t**2 / dist_logits.shape[-1] * optax.kl_divergence(
+        jax.nn.log_softmax(dist_logits.astype(jnp.float32) / t), jax.nn.softmax(teacher_logits / t))
+  else:
+    raise ValueError(f"Unknown config.distillation.kind {kind!r}; expected 'hard' or 'soft'")
+  per_example = (1. - alpha) * base + alpha * distill
+  if weights is None:
+    return jnp.mean(per_example)
+  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.)
+
+
+def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
+  """The teacher of `config.distillation`: (model, variables) from its model file.
+
+  `teacher_path` is any file the one loader reads (`models.loader`: `.npz`, timm, HF), with the
+  state sidecar of a training export where the model has BatchNorm statistics.
+
+  Raises:
+    FileNotFoundError: nothing at `teacher_path`.
+    CheckpointError: the file does not give `teacher_model` with a `num_classes` head.
+  """
+  dist = config.distillation
+  overrides = dist.get('teacher_overrides') or {}
+  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
+  loaded = loader.load(dist.teacher_path, dist.teacher_model, image_size=config.image_size,
+                       **overrides)
+  if loaded.model.num_classes != num_classes:
+    raise CheckpointError(f'The teacher {dist.teacher_path} has {loaded.model.num_classes} '
+                          f'classes; the student is trained on {num_classes}')
+  return loaded.model, loaded.variables

@@ -1,0 +1,151 @@
+"""The training job, built once: model, optimizer, schedule, state shardings and jitted steps.
+
+`train.train_and_evaluate` runs it, `Job.memory_analysis` compiles it without running it (nothing
+is allocated, so compile-only devices serve too), and the benchmarks time it: all three see the
+same step with the same shardings, accumulation, dtype and remat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_jax import models
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import step as step_lib
+from vit_jax.training.step import TrainState
+
+
+def normalized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """An unlocked copy of `config` with `image_size` as (height, width), the form every
+  consumer downstream takes (a config file or the command line may give one int)."""
+  fields = config.to_dict()
+  size = fields['image_size']
+  height, width = (size, size) if isinstance(size, int) else tuple(size)
+  fields['image_size'] = (int(height), int(width))
+  return ml_collections.ConfigDict(fields)
+
+
+def check(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """Checks of `config` against `mesh` that need no data or compute (fail in seconds)."""
+  units = sharding.batch_size_per_unit(mesh)
+  accum = int(config.get('accum_steps', 1))
+  for field in ('batch_size', 'eval_batch_size'):
+    value = int(config[field])
+    if value <= 0 or value % units or value % jax.process_count():
+      raise ValueError(f'config.{field}={value} is not divisible by the {units} devices the '
+                       f'batch is split over (mesh {dict(mesh.shape)}) and the '
+                       f'{jax.process_count()} processes')
+  if accum < 1 or config.batch_size % (accum * units):
+    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
+                     f'accum_steps ({accum}) x {units} devices')
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """What one run compiles and how its state is laid out."""
+  config: ml_collections.ConfigDict
+  model: nn.Module
+  mesh: jax.sharding.Mesh
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  make_state: Callable[..., TrainState]  # (seed key, params, model_state) -> TrainState
+  state_shardings: Any
+  batch_sharding: jax.sharding.Sharding
+  # (state, batch, teacher variables or None) -> (state, metrics); donates the state.
+  train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+  eval_step: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (*self.config.image_size, 3)
+
+  def init_state(self, params: Any | None = None, model_state: Any | None = None) -> TrainState:
+    """The initial state (given `params` and `model_state` in it), laid out on the mesh."""
+    make = jax.jit(self.make_state, out_shardings=self.state_shardings)
+    return make(step_lib.seed_key(self.config), params, model_state)
+
+  def abstract_state(self) -> TrainState:
+    """The state as `jax.ShapeDtypeStruct`s with their shardings (nothing allocated)."""
+    key = jax.eval_shape(lambda: step_lib.seed_key(self.config))
+    shapes = jax.eval_shape(self.make_state, key, None, None)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, self.state_shardings)
+
+  def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """A global training batch as `jax.ShapeDtypeStruct`s with the batch sharding."""
+    batch_size = int(batch_size or self.config.batch_size)
+    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32,
+                                          sharding=self.batch_sharding),
+            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32,
+                                          sharding=self.batch_sharding)}
+
+  def compile_train_step(self) -> Any:
+    """The train step compiled for the mesh's devices from shapes alone."""
+    with jax.set_mesh(self.mesh):
+      return self.train_step.lower(self.abstract_state(), self.abstract_batch(), None).compile()
+
+  def memory_analysis(self) -> dict[str, float]:
+    """Per-device bytes of the train step, without running it.
+
+    Parameters and optimizer state are counted from their shardings; XLA's compiled memory
+    analysis gives the step's arguments, outputs and temporaries.
+    """
+    state = self.abstract_state()
+    stats = self.compile_train_step().memory_analysis()
+    return {
+        'params_bytes': per_device_bytes(state.params),
+        'opt_state_bytes': per_device_bytes(state.opt_state),
+        'argument_bytes': stats.argument_size_in_bytes,
+        'output_bytes': stats.output_size_in_bytes,
+        'temp_bytes': stats.temp_size_in_bytes,
+    }
+
+
+def per_device_bytes(tree: Any) -> int:
+  """Bytes of one device's shard of every leaf of a tree of sharded shapes or arrays."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh, *,
+          params: Any | None = None, model_state: Any | None = None,
+          teacher: nn.Module | None = None) -> Job:
+  """The job of `config` on `mesh` (checked against it first).
+
+  Args:
+    config: the experiment config (`job.config` is its `normalized` copy).
+    num_classes: the head's size.
+    mesh: the devices (real or compile-only).
+    params: pre-trained parameters the state will be made with (their shapes decide the
+      optimizer's masks); None: fresh ones.
+    model_state: pre-trained non-parameter collections, likewise.
+    teacher: the distillation teacher's module, if any.
+  """
+  config = normalized(config)
+  check(config, mesh)
+  model = step_lib.create_model(config, num_classes)
+  shape = (*config.image_size, 3)
+  with jax.set_mesh(mesh):
+    param_shapes = (params if params is not None
+                    else models.init_shapes(model, config.image_size)['params'])
+    tx, schedule = optim.make_optimizer(config, param_shapes)
+    make, shardings = step_lib.state_factory(config, model, tx, mesh, shape, params,
+                                             model_state)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, config, mesh, teacher),
+                       in_shardings=(shardings, batch_sharding, replicated),
+                       out_shardings=(shardings, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(step_lib.make_eval_step(model, mesh, config),
+                      in_shardings=(shardings, batch_sharding), out_shardings=replicated)
+  return Job(config, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
+             eval_step)

@@ -1,0 +1,115 @@
+"""Learning-rate schedules and optimizers of the recipes, built from optax pieces.
+
+`config.lr` and `config.optimizer` (see `vit_jax/base_config.py`) select them:
+  - fine-tuning (ViT paper): SGD momentum 0.9, clip 1, warmup then cosine/linear;
+  - pre-training (ViT paper): Adam with weight decay on kernels, warmup then linear decay;
+  - AdamW recipes (the CIFAR-10 baseline, DeiT, Swin), with or without decay on biases and norms;
+  - BiT-HyperRule: SGD with a piecewise-constant schedule.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def lr_schedule(config: Any, total_steps: int) -> optax.Schedule:
+  """The original library's schedule as an optax schedule of the update count (from 0).
+
+  With step = count + 1: progress = clip((step - warmup) / (total - warmup), 0, 1); 'cosine':
+  base * 0.5 * (1 + cos(pi * progress)); 'linear': end + (base - end) * (1 - progress);
+  'constant': base; 'piecewise': base * prod(scales[i] for boundaries[i] <= step); the result
+  is multiplied by min(1, step / warmup).
+  """
+  base, warmup = float(config.base), int(config.get('warmup_steps', 0))
+  decay = config.get('decay_type', 'cosine')
+  end = float(config.get('end', 0.))
+  if decay not in ('cosine', 'linear', 'constant', 'piecewise'):
+    raise ValueError(f"Unknown config.lr.decay_type {decay!r}; expected 'cosine', 'linear', "
+                     "'constant' or 'piecewise'")
+  boundaries = jnp.asarray(config.get('boundaries', ()) or [0], jnp.float32)
+  scales = jnp.asarray(config.get('scales', ()) or [1.], jnp.float32)
+  if decay == 'piecewise' and len(config.get('boundaries', ())) != len(config.get('scales', ())):
+    raise ValueError('config.lr.boundaries and config.lr.scales must have the same length')
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32) + 1.
+    progress = jnp.clip((step - warmup) / max(total_steps - warmup, 1), 0., 1.)
+    if decay == 'cosine':
+      lr = base * 0.5 * (1. + jnp.cos(jnp.pi * progress))
+    elif decay == 'linear':
+      lr = end + (base - end) * (1. - progress)
+    elif decay == 'piecewise':
+      lr = base * jnp.prod(jnp.where(step >= boundaries, scales, 1.))
+    else:
+      lr = jnp.asarray(base)
+    if warmup:
+      lr = lr * jnp.minimum(1., step / warmup)
+    return lr
+
+  return schedule
+
+
+def decay_mask(params: Any, pattern: str) -> Any:
+  """True for parameters whose '/'-joined path matches `pattern` (re.search)."""
+  regex = re.compile(pattern)
+
+  def visit(path, _):
+    return bool(regex.search('/'.join(str(getattr(k, 'key', k)) for k in path)))
+
+  return jax.tree_util.tree_map_with_path(visit, params)
+
+
+def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation,
+                                                       Callable[[Any], Any]]:
+  """Builds the optimizer of `config.optimizer` (with clipping and accumulation).
+
+  Returns (tx, schedule); `tx` expects one call per micro-batch when `config.accum_steps` > 1
+  (optax.MultiSteps), so the train step scans micro-batches through it.
+  """
+  total_steps = int(config.total_steps)
+  schedule = lr_schedule(config.lr, total_steps)
+  opt = config.optimizer
+  name = opt.name
+  wd = float(opt.get('weight_decay', 0.))
+  parts = []
+  if config.get('grad_clip_norm'):
+    parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
+
+  if name == 'sgd':
+    dtype = opt.get('accumulator_dtype')
+    parts.append(optax.trace(decay=float(opt.get('momentum', 0.9)),
+                             nesterov=bool(opt.get('nesterov', False)),
+                             accumulator_dtype=jnp.dtype(dtype) if dtype else None))
+  elif name in ('adam', 'adamw'):
+    dtype = opt.get('accumulator_dtype')  # Of the first moment (big_vision's mu_dtype).
+    parts.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
+                                     eps=float(opt.get('eps', 1e-8)),
+                                     mu_dtype=jnp.dtype(dtype) if dtype else None))
+  else:
+    raise ValueError(f"Unknown config.optimizer.name {name!r}; expected 'sgd', 'adam' or 'adamw'")
+
+  if wd:
+    mask = decay_mask(params, opt.get('decay_pattern', r'kernel$'))
+    if opt.get('decoupled_weight_decay', False):
+      # big_vision: update = -mult(t) * (lr * adam(g) + wd * p), mult = schedule / base lr.
+      base = float(config.lr.base)
+      parts.append(optax.scale(base))
+      parts.append(optax.add_decayed_weights(wd, mask))
+      parts.append(optax.scale_by_schedule(lambda count: -schedule(count) / base))
+    else:
+      # AdamW (Loshchilov & Hutter, optax.adamw): update = -lr(t) * (adam(g) + wd * p).
+      parts.append(optax.add_decayed_weights(wd, mask))
+      parts.append(optax.scale_by_learning_rate(schedule))
+  else:
+    parts.append(optax.scale_by_learning_rate(schedule))
+
+  tx = optax.chain(*parts)
+  accum = int(config.get('accum_steps', 1))
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx, schedule

@@ -1,0 +1,277 @@
+"""The train and eval steps and the train state (no TensorFlow).
+
+`make_train_step` / `make_eval_step` return plain functions; `training.job` jits them with the
+state's and batch's shardings, once per job, for the loop, the memory analysis and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_jax import models
+from vit_jax.training import distill
+from vit_jax.training import mixup
+from vit_jax.training import sharding
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, state and steps.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs: optimizer steps done, parameters, optimizer and model state."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any  # Mutable collections other than params, e.g. BatchNorm's batch_stats.
+  rng: jax.Array  # Base key (raw uint32[2], storable by Orbax); step keys fold in the step.
+  # Exponential moving average of `params` (config.ema_decay > 0), or None.
+  ema_params: Any = None
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+  return models.get_model(config.model_name, num_classes=num_classes, **overrides)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy against (soft) target distributions."""
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-example sum over classes of independent binary cross-entropies (big_vision's
+  `sigmoid_xent`: -sum(y log σ(z) + (1 - y) log σ(-z)))."""
+  return jnp.sum(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets), -1)
+
+
+LOSSES = {'softmax_xent': cross_entropy, 'sigmoid_xent': sigmoid_cross_entropy}
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """The mean of `values` over the examples of weight 1 (over all where `weights` is None).
+
+  With every weight 1 it is bit-identical to `jnp.mean` (x * 1 is exact, the ones sum to B); a
+  batch of weight 0 alone gives 0, not NaN.
+  """
+  if weights is None:
+    return jnp.mean(values)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.)
+
+
+def loss_for(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The per-example loss named by `config.loss`."""
+  name = config.get('loss', 'softmax_xent')
+  if name not in LOSSES:
+    raise ValueError(f'Unknown config.loss {name!r}; expected one of {sorted(LOSSES)}')
+  return LOSSES[name]
+
+
+def _activation_rules(mesh: jax.sharding.Mesh | None):
+  return sharding.activation_rules(mesh) if mesh is not None else ()
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, config: ml_collections.ConfigDict,
+                    mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
+
+  A batch's optional 'mask' marks the examples the input pipeline could not decode (0): they
+  weigh nothing in the loss, the accuracy or (with `accum_steps`) their micro-batch's mean, and
+  before mixup, BatchNorm or the teacher see them each takes the image and label of its mirror
+  partner (row B - 1 - i, the one mixup pairs it with), so a skipped image's zeros reach no other
+  example: its partner is mixed with a copy of itself. The 'skipped' metric counts them.
+
+  `train_step(state, batch)`, or with a DeiT `teacher` `train_step(state, batch,
+  teacher_variables)`: the frozen teacher sees the same (mixed) images, and only its logits enter
+  the loss. With `mesh`, activations are constrained by `sharding.activation_rules`; the step
+  must then be traced under `jax.set_mesh(mesh)`.
+  """
+  rules = _activation_rules(mesh)
+  accum = int(config.get('accum_steps', 1))
+  smoothing = float(config.get('label_smoothing', 0.))
+  mixup_config = config.get('mixup')
+  distillation = config.get('distillation')
+  per_example_loss = loss_for(config)
+  if teacher is not None and not distillation:
+    raise ValueError('A teacher was given but config.distillation is not set')
+
+  def targets_for(labels):
+    targets = jax.nn.one_hot(labels, model.num_classes)
+    return optax.smooth_labels(targets, smoothing) if smoothing else targets
+
+  def loss_fn(params, model_state, images, targets, labels, weights, teacher_logits,
+              dropout_rng):
+    mutable = list(model_state)
+    with nn.logical_axis_rules(rules):
+      out = model.apply({'params': params, **model_state}, images, train=True,
+                        rngs={'dropout': dropout_rng}, mutable=mutable or False)
+    logits, new_model_state = out if mutable else (out, model_state)
+    if isinstance(logits, tuple):  # A distilled ViT: (class-token logits, dist-token logits).
+      if teacher_logits is None:
+        raise ValueError('A distilled model needs a teacher (config.distillation)')
+      cls_logits, dist_logits = logits
+      loss = distill.distillation_loss(
+          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.get('kind', 'hard'),
+          alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.),
+          weights=weights)
+      logits = (cls_logits + dist_logits) / 2
+    else:
+      loss = weighted_mean(per_example_loss(logits, targets), weights)
+    accuracy = weighted_mean(jnp.argmax(logits, -1) == labels, weights)
+    return loss, (accuracy, new_model_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  ema_decay = float(config.get('ema_decay') or 0.)
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
+    def micro_step(carry, xs):
+      params, opt_state, model_state = carry
+      images, labels, weights, rng = xs
+      mix_rng, dropout_rng = jax.random.split(rng)
+      if weights is not None:
+        keep = weights > 0
+        images = jnp.where(keep[:, None, None, None], images, images[::-1])
+        labels = jnp.where(keep, labels, labels[::-1])
+      targets = targets_for(labels)
+      if mixup_config:
+        images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
+      teacher_logits = None
+      if teacher is not None:
+        with nn.logical_axis_rules(rules):
+          teacher_logits = jax.lax.stop_gradient(
+              teacher.apply(teacher_variables, images, train=False))
+      (loss, (accuracy, model_state)), grads = grad_fn(
+          params, model_state, images, targets, labels, weights, teacher_logits, dropout_rng)
+      if accum > 1:
+        # The running mean that optax.MultiSteps keeps; after the last micro-batch it is the
+        # averaged gradient that clipping sees, so its norm is the one to log.
+        i = opt_state.mini_step
+        mean_grads = jax.tree.map(lambda g, a: (g + i * a) / (i + 1), grads, opt_state.acc_grads)
+      else:
+        mean_grads = grads
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(mean_grads)}
+      return (params, opt_state, model_state), metrics
+
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    images, labels, weights = batch['image'], batch['label'], batch.get('mask')
+    carry = (state.params, state.opt_state, state.model_state)
+    if accum == 1:
+      carry, metrics = micro_step(carry, (images, labels, weights, step_rng))
+    else:
+      # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
+      # holds rows of every micro-batch, so all devices work in every micro-step.
+      def split(x):
+        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+      rngs = jax.random.split(step_rng, accum)
+      carry, metrics = jax.lax.scan(micro_step, carry, (
+          split(images), split(labels), None if weights is None else split(weights), rngs))
+      grad_norm = metrics.pop('grad_norm')[-1]
+      metrics = jax.tree.map(jnp.mean, metrics)
+      metrics['grad_norm'] = grad_norm
+    params, opt_state, model_state = carry
+    metrics['learning_rate'] = schedule(state.step)
+    if weights is not None:
+      metrics['skipped'] = jnp.sum(weights == 0)
+    ema_params = state.ema_params
+    if ema_params is not None:
+      ema_params = optax.incremental_update(params, ema_params, 1. - ema_decay)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state, ema_params=ema_params)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
+                   config: ml_collections.ConfigDict | None = None,
+                   ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
+  """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples.
+
+  Where the batch has 'skipped' (images the input pipeline could not decode), also its sum.
+
+  The loss is `config.loss` (softmax cross-entropy without a config).
+  """
+  rules = _activation_rules(mesh)
+  per_example_loss = loss_for(config) if config is not None else cross_entropy
+
+  def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    with nn.logical_axis_rules(rules):
+      logits = model.apply({'params': state.params, **state.model_state}, batch['image'],
+                           train=False)
+    labels, mask = batch['label'], batch['mask']
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    loss = per_example_loss(logits, jax.nn.one_hot(labels, logits.shape[-1]))
+    return {
+        'correct_top1': jnp.sum((top5[:, 0] == labels) * mask),
+        'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        'loss_sum': jnp.sum(loss * mask),
+        'count': jnp.sum(mask),
+        **({'skipped': jnp.sum(batch['skipped'])} if 'skipped' in batch else {}),
+    }
+
+  return eval_step
+
+
+def init_state(config: ml_collections.ConfigDict, model: nn.Module,
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+               image_shape: tuple[int, int, int], params: Any | None = None,
+               model_state: Any | None = None) -> tuple[TrainState, Any]:
+  """Initialises (or wraps given `params` into) a TrainState laid out on `mesh`.
+
+  Given `params` (a pre-trained checkpoint) are the state's only parameters; given `model_state`
+  (e.g. its BatchNorm statistics) replaces the fresh collections of the same names.
+  Returns (state, state_shardings). Parameters are created directly in their sharded layout.
+  """
+  make, shardings = state_factory(config, model, tx, mesh, image_shape, params, model_state)
+  state = jax.jit(make, out_shardings=shardings)(seed_key(config), params, model_state)
+  return state, shardings
+
+
+def seed_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key a run's state is made from (`config.seed`)."""
+  return jax.random.PRNGKey(int(config.seed))
+
+
+def state_factory(config: ml_collections.ConfigDict, model: nn.Module,
+                  tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+                  image_shape: tuple[int, int, int], params: Any | None = None,
+                  model_state: Any | None = None) -> tuple[Callable[..., TrainState], Any]:
+  """(make(seed key, params, model_state) -> TrainState, the state's shardings).
+
+  Nothing is created here: the shardings come from the state's shapes alone (the key too is
+  abstract), so this also serves compile-only devices.
+  """
+  def make(key, given_params, given_state):
+    init_rng, state_rng = jax.random.split(key)
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+    variables = flax.core.unfreeze(
+        model.init({'params': init_rng, 'dropout': init_rng}, dummy, train=False))
+    # Fresh parameters must never reach model_state: apply({'params': p, **model_state}) would
+    # let them override the given (pre-trained) ones, and no gradient would reach those.
+    fresh = variables.pop('params')
+    variables.pop('intermediates', None)
+    p = fresh if given_params is None else given_params
+    if given_state:
+      variables.update(given_state)
+    # The average starts at the initial (or pre-trained) parameters, as in timm's ModelEmaV3.
+    ema = jax.tree.map(jnp.copy, p) if config.get('ema_decay') else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                      model_state=variables, rng=state_rng, ema_params=ema)
+
+  key = jax.eval_shape(lambda: seed_key(config))
+  abstract = jax.eval_shape(make, key, params, model_state)
+  shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))
+  return make, shardings
