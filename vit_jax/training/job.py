@@ -81,12 +81,15 @@ class Job:
                         shapes, self.state_shardings)
 
   def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    """A global training batch as `jax.ShapeDtypeStruct`s with the batch sharding."""
+    """A global batch as the input pipeline makes it (image, label, mask), as
+    `jax.ShapeDtypeStruct`s with the batch sharding."""
     batch_size = int(batch_size or self.config.batch_size)
-    return {'image': jax.ShapeDtypeStruct((batch_size, *self.image_shape), jnp.float32,
-                                          sharding=self.batch_sharding),
-            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32,
-                                          sharding=self.batch_sharding)}
+
+    def shaped(shape, dtype):
+      return jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
+    return {'image': shaped((batch_size, *self.image_shape), jnp.float32),
+            'label': shaped((batch_size,), jnp.int32),
+            'mask': shaped((batch_size,), jnp.float32)}
 
   def compile_train_step(self) -> Any:
     """The train step compiled for the mesh's devices from shapes alone."""
