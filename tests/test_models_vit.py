@@ -26,6 +26,27 @@ def test_parameter_count_equals_original(name):
   assert count_params(models.get_model(name, num_classes=1000), 224) == ORIGINAL_COUNTS[name]
 
 
+# The original's `configs/models.py`: transformer (dropout_rate, attention_dropout_rate).
+ORIGINAL_DROPOUT = {
+    'ViT-Ti_16': (0.0, 0.0), 'ViT-S_16': (0.0, 0.0), 'ViT-S_32': (0.0, 0.0),
+    'ViT-B_16': (0.0, 0.0), 'ViT-B_32': (0.0, 0.0), 'ViT-B_8': (0.0, 0.0),
+    'ViT-L_16': (0.1, 0.0), 'ViT-L_32': (0.0, 0.0), 'ViT-H_14': (0.1, 0.0),
+    'ViT-S_16-gap-norep': (0.0, 0.0), 'ViT-B_16-gap-norep': (0.0, 0.0),
+    'ViT-S_32-gap-norep': (0.0, 0.0), 'ViT-B_32-gap-norep': (0.0, 0.0),
+    'R+ViT-Ti_16': (0.0, 0.0), 'R50+ViT-B_16': (0.1, 0.0), 'R26+ViT-B_32': (0.0, 0.0),
+    'R26+ViT-S_32': (0.0, 0.0), 'R50+ViT-L_32': (0.1, 0.0),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ORIGINAL_DROPOUT))
+def test_zoo_dropout_equals_original(name):
+  transformer = models.MODEL_CONFIGS[name].transformer
+  assert (transformer.dropout_rate, transformer.attention_dropout_rate) == ORIGINAL_DROPOUT[name]
+  # Our -gap variants (not in the original) keep their base model's dropout.
+  if f'{name}-gap' in models.MODEL_CONFIGS:
+    assert models.MODEL_CONFIGS[f'{name}-gap'].transformer.dropout_rate == ORIGINAL_DROPOUT[name][0]
+
+
 def test_every_vit_zoo_entry_builds_with_original_api():
   for name, config in models.MODEL_CONFIGS.items():
     if models.MODEL_FAMILIES[name] != 'vit' or config.get('resnet') is not None:
