@@ -22,10 +22,12 @@ Argument `bv` as a third part switches to big_vision's ViT-S/16 ImageNet-1k base
 (`configs/vit_s16_i1k.py`, 76.5% for S/16), field by field: `train[:99%]` with minival
 `train[99%:]`, batch 1024, 90 epochs, Adam lr 1e-3 (10k warmup, cosine), decoupled weight decay
 1e-4, clip 1, softmax_xent, gap pooling, sincos2d position embedding, representation layer of the
-hidden size, zero head, no dropout; Inception crop, flip, RandAugment(2, 10), mixup p = 0.2.
-Two approximations: RandAugment(2, 10) runs timm's op set (`rand-m10-n2`, not the TF ops of
+hidden size, zero head, no dropout; Inception crop, flip, RandAugment(2, 10), mixup p = 0.2;
+eval resize_small(256) by 'area' (big_vision's default method), central crop 224.
+Three approximations: RandAugment(2, 10) runs timm's op set (`rand-m10-n2`, not the TF ops of
 big_vision), and mixup pairs each image with the mirrored one (big_vision rolls the batch by
-one); both draw from the same distributions of magnitudes and Beta(0.2, 0.2) ratios.
+one); both draw from the same distributions of magnitudes and Beta(0.2, 0.2) ratios. Resized
+pixels are rounded to uint8 where big_vision's cast truncates (0.5/255 brighter on average).
 """
 
 import ml_collections
@@ -89,7 +91,7 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
                     'head_bias_init': 0., 'representation_size': hidden_size,
                     'transformer': {'dropout_rate': 0.0}}
     config.pp_train = 'inception_crop|flip_lr|randaug("rand-m10-n2")|value_range(-1, 1)'
-    config.pp_eval = 'resize_small(256)|central_crop|value_range(-1, 1)'
+    config.pp_eval = 'resize_small(256, method="area")|central_crop|value_range(-1, 1)'
     config.shuffle_buffer = 250_000
     config.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.2, 'cutmix_alpha': 0., 'prob': 1.0})
     config.batch_size = 1024

@@ -192,18 +192,21 @@ def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
   """The ImageNet-1k recipe DeiT and Swin share (both trained with timm's script).
 
   300 epochs at 224 px, batch 1024, AdamW wd 0.05 on kernels, lr 5e-4 x batch/512 with
-  `warmup_epochs` of warmup then cosine; Inception crop (8-100%), flip, RandAugment
-  rand-m9-mstd0.5-inc1, random erasing 0.25, label smoothing 0.1, mixup 0.8 / cutmix 1.0;
-  eval: resize to 256, centre crop 224 (timm's crop_pct 0.875). Callers set clipping,
+  `warmup_epochs` of warmup then cosine; timm's RandomResizedCrop (area 8-100%, log aspect
+  uniform in 3/4-4/3, bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25,
+  label smoothing 0.1, mixup 0.8 / cutmix 1.0; eval: PIL-bicubic resize to 256, centre crop 224
+  (timm's crop_pct 0.875). Callers set clipping,
   stochastic depth and their model.
   """
   config.dataset = 'imagenet2012'
   config.train_split = 'train'
   config.eval_split = 'validation'
   config.image_size = 224
-  config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
+  config.pp_train = ('random_resized_crop|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
                      'normalize("imagenet")|random_erasing(0.25)')
-  config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
+  # PIL's bicubic, which filters when it shrinks (timm's Resize(256), crop_pct 0.875).
+  config.pp_eval = ('resize_small(256, method="bicubic", antialias=True)|central_crop|'
+                    'normalize("imagenet")')
   config.batch_size = 1024
   config.eval_batch_size = 1000
   config.num_epochs = 300.
