@@ -89,6 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
   # Weight EMA: ema = decay * ema + (1 - decay) * params after every step; 0 disables it. When on,
   # evaluation also reports the average (`ema_eval_*`) and it is exported as model_ema.npz.
+  # BatchNorm statistics get the same average (timm's ModelEmaV3), in model_ema_state.npz.
   config.ema_decay = 0.
   # Few-shot linear probes on the pre-logits features (vit_jax/fewshot.py) every `fewshot_every`
   # steps (0: never), on `fewshot`'s splits of `dataset`, preprocessed with `pp_eval`.

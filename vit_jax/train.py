@@ -276,8 +276,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    eval_metrics['eval_accuracy'], eval_metrics['eval_top5_accuracy'],
                    eval_metrics['eval_loss'], eval_metrics['eval_examples'])
       if state.ema_params is not None:
-        ema_metrics = evaluate(eval_step, state.replace(params=state.ema_params), config,
-                               eval_source, batch_sharding)
+        ema_state = state.replace(params=state.ema_params, model_state=state.ema_model_state)
+        ema_metrics = evaluate(eval_step, ema_state, config, eval_source, batch_sharding)
         ema_metrics = {f'ema_{k}': v for k, v in ema_metrics.items()
                        if k not in ('eval_examples', 'eval_batches')}
         writer.write_scalars(step, ema_metrics)
@@ -301,10 +301,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
 
   if config.get('export_npz', True):
-    params, model_state, ema_params = jax.device_get(
-        sharding.gather((state.params, state.model_state, state.ema_params)))
+    params, model_state, ema_params, ema_model_state = jax.device_get(sharding.gather(
+        (state.params, state.model_state, state.ema_params, state.ema_model_state)))
     workdir_lib.export_final(workdir, params, model_state, ema_params,
-                             _model_card(config, num_classes, train_source))
+                             _model_card(config, num_classes, train_source), ema_model_state)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 
