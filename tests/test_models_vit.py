@@ -168,10 +168,21 @@ def test_attention_weights_are_sown():
   np.testing.assert_allclose(weights.sum(-1), 1., atol=1e-5)
 
 
-def test_bad_input_is_rejected_with_a_clear_error():
+def test_a_size_the_patch_does_not_divide_drops_the_remainder_as_the_references(caplog):
+  # big_vision's and timm's VALID patch convolution: 19x18 px with 4x4 patches is the 16x16
+  # image's 4x4 grid, the last 3 rows and 2 columns unused (SigLIP So400m/14 at 384 px).
   model = _tiny()
-  with pytest.raises(ValueError, match='not divisible by the patch size'):
-    model.init(jax.random.key(0), jnp.zeros((1, 18, 16, 3)))
+  x = jax.random.normal(jax.random.key(1), (2, 19, 18, 3))
+  params = model.init(jax.random.key(0), x[:, :16, :16])['params']
+  with caplog.at_level('INFO'):
+    got = model.apply({'params': params}, x)
+    model.apply({'params': params}, x)
+  np.testing.assert_array_equal(got, model.apply({'params': params}, x[:, :16, :16]))
+  said = [r for r in caplog.records if 'not divisible by the patch size' in r.getMessage()]
+  assert len(said) == 1 and 'last 3 rows and 2 columns are dropped' in said[0].getMessage()
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
   with pytest.raises(KeyError, match='Unknown model'):
     models.get_model('ViT-Q_16', num_classes=1)
   with pytest.raises(TypeError, match='no_such_field'):
