@@ -21,6 +21,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # An original-format .npz to fine-tune from (position embeddings resized, head reset).
   config.pretrained_path = placeholder(str)
+  # How its position embedding is resized to the model's grid: 'zoom' (the original's and
+  # big_vision's scipy zoom, right for Google's files), 'timm' (bicubic, antialiased, as timm
+  # resizes its weights) or 'flexi' (FlexiViT's run-time linear resize).
+  config.posemb_resize = 'zoom'
+  # A checkpoint of another patch size is an error unless True: its kernel is then resampled
+  # as FlexiViT does (B/32 weights for a B/16 model).
+  config.resample_patch_embedding = False
 
   # Data: a TFDS name (TFDS_DATA_DIR or data_dir), or 'imagefolder' with data_dir=ROOT holding
   # ROOT/<split>/<class>/*.jpg|png. Splits take TFDS slicing, e.g. 'train[:98%]'.

@@ -37,8 +37,9 @@ from vit_jax.models_vit import VisionTransformer
 
 FlatParams = dict[str, np.ndarray]
 Config = dict[str, Any]
-# (checkpoint path, the model's initial parameters, the model, its input (h, w, c)) -> params.
-PretrainedLoader = Callable[[str, Mapping[str, Any], nn.Module, tuple[int, int, int]], Any]
+# (checkpoint path, the model's initial parameters, the model, its input (h, w, c), keyword
+# options of `pretrained.load_pretrained` that the family may use) -> params.
+PretrainedLoader = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _pretraining_size(flat: FlatParams, model: nn.Module) -> tuple[int, int]:
 
 
 def _load_pretrained_npz(path: str, init_params: Mapping[str, Any], model: nn.Module,
-                         image_shape: tuple[int, int, int]) -> Any:
+                         image_shape: tuple[int, int, int], **options: Any) -> Any:
   grid = None
   if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
     ph, pw = model.patches['size']
@@ -129,11 +130,11 @@ def _load_pretrained_npz(path: str, init_params: Mapping[str, Any], model: nn.Mo
   return pretrained.load_pretrained(
       pretrained_path=path, init_params=init_params,
       model_config={'representation_size': getattr(model, 'representation_size', None)},
-      grid=grid)
+      grid=grid, **options)
 
 
 def _load_pretrained_swin(path: str, init_params: Mapping[str, Any], model: nn.Module,
-                          image_shape: tuple[int, int, int]) -> Any:
+                          image_shape: tuple[int, int, int], **options: Any) -> Any:
   # Official/timm weights in any layout; bias tables resized to the model's windows.
   return pretrained.load_pretrained_swin(path, init_params)
 

@@ -69,7 +69,10 @@ def load_pretrained_params(config: ml_collections.ConfigDict, model: nn.Module,
       jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
                                ['params'])
   family = families.of_model(config.model_name)
-  params = family.load_pretrained(config.pretrained_path, init_params, model, image_shape)
+  params = family.load_pretrained(
+      config.pretrained_path, init_params, model, image_shape,
+      posemb_resize=config.get('posemb_resize', 'zoom'),
+      resample_patch_embedding=bool(config.get('resample_patch_embedding', False)))
   logging.info('Loaded pre-trained parameters from %s', config.pretrained_path)
   return params
 
