@@ -1,4 +1,4 @@
-r"""Pre-training as in the ViT paper: Adam, weight decay on kernels, long warmup, the row by dataset.
+r"""Pre-training as in the ViT paper: Adam, weight decay on kernels, long warmup, a row per dataset.
 
 The ViT paper's Table 3 rows for ViT-B (recipes.md), picked by DATASET; both with Adam β
 0.9/0.999, batch 4096, 10k warmup steps, global-norm clip 1, 224 px, dropout 0.1:
