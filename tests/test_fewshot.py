@@ -46,3 +46,26 @@ def test_select_shots():
   assert sorted(labels[idx].tolist()) == [0, 0, 1, 1, 2, 2] and len(set(idx)) == 6
   with pytest.raises(ValueError, match='Class 0 has 3'):
     fewshot.select_shots(labels, 4, 3)
+
+
+def test_shots_are_big_visions_draw_and_seeds_are_averaged():
+  labels = np.random.default_rng(0).integers(0, 4, 200)
+  for seed in range(3):
+    # big_vision fewshot_lsr.compute_fewshot_metrics: a permutation per class, from one rng.
+    rng = np.random.default_rng(seed)
+    theirs = np.concatenate([rng.permutation(np.where(labels == c)[0])[:5] for c in range(4)])
+    np.testing.assert_array_equal(fewshot.select_shots(labels, 5, 4, seed), theirs)
+  x = np.random.default_rng(1).standard_normal((200, 6)).astype(np.float32) + labels[:, None]
+  per_seed = [fewshot.probe_accuracies((x, labels), (x, labels), 4, (1, 5), seed=s)
+              for s in range(3)]
+  averaged = fewshot.probe_accuracies((x, labels), (x, labels), 4, (1, 5), num_seeds=3)
+  for n in (1, 5):
+    assert averaged[n] == pytest.approx(np.mean([r[n] for r in per_seed]))
+
+
+def test_command_preprocesses_as_big_visions_fewshot_config():
+  # big_vision configs/common_fewshot.py: decode|resize(256)|central_crop(224)|value_range(-1,1).
+  assert fewshot.default_pp(224, 'minus_one_one') == (
+      'resize(256)|central_crop(224)|value_range(-1, 1)')
+  assert fewshot.default_pp(384, 'imagenet') == (
+      'resize(439)|central_crop(384)|normalize("imagenet")')

@@ -103,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.fewshot_every = 0
   config.fewshot = ml_collections.ConfigDict(dict(
       train_split='train[:1000]', test_split='test[:1000]', shots=(1, 5, 10, 25),
-      l2_reg=2.**10, seed=0, batch_size=64))
+      l2_reg=2.**10, seed=0, num_seeds=3, batch_size=64))  # big_vision: 3 seeds (averaged)
   return config
 
 

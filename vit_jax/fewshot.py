@@ -8,6 +8,10 @@ of the smaller Gram matrix (X^T X or X X^T), as big_vision does.
 
 As a command:
   python -m vit_jax.fewshot --checkpoint=model.npz --dataset=cifar10 --image_size=224
+
+The command follows big_vision's `configs/common_fewshot.py` by default: images resized to
+256x256 and centre-cropped to 224 (scaled for other model sizes), shots drawn with 3 seeds
+(`--num_seeds`), each accuracy the mean over the seeds (big_vision logs one per seed).
 """
 
 from __future__ import annotations
@@ -61,15 +65,15 @@ def predict_lsr(probe: tuple[jax.Array, jax.Array, jax.Array], x: jax.Array) -> 
 
 
 def select_shots(labels: np.ndarray, shots: int, num_classes: int, seed: int = 0) -> np.ndarray:
-  """Indices of `shots` examples of each class, drawn in a seeded order.
+  """Indices of `shots` examples of each class, as big_vision's fewshot_lsr draws them.
 
   Raises:
     ValueError: a class with fewer than `shots` examples (naming it).
   """
-  order = np.random.default_rng(seed).permutation(len(labels))
+  rng = np.random.default_rng(seed)
   picked = []
   for c in range(num_classes):
-    of_class = order[labels[order] == c][:shots]
+    of_class = rng.permutation(np.where(labels == c)[0])[:shots]
     if len(of_class) < shots:
       raise ValueError(f'Class {c} has {len(of_class)} training examples, fewer than {shots} '
                        'shots; use a larger fewshot train split')
@@ -79,14 +83,21 @@ def select_shots(labels: np.ndarray, shots: int, num_classes: int, seed: int = 0
 
 def probe_accuracies(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                      num_classes: int, shots: Sequence[int] = DEFAULT_SHOTS,
-                     l2_reg: float = DEFAULT_L2_REG, seed: int = 0) -> dict[int, float]:
-  """n-shot accuracy for each n in `shots`, from (features, labels) of both splits."""
+                     l2_reg: float = DEFAULT_L2_REG, seed: int = 0,
+                     num_seeds: int = 1) -> dict[int, float]:
+  """n-shot accuracy for each n in `shots`, from (features, labels) of both splits.
+
+  With `num_seeds` > 1, the mean accuracy over the draws of seeds seed, seed + 1, ...
+  """
   (x_train, y_train), (x_test, y_test) = train, test
   results = {}
   for n in shots:
-    idx = select_shots(np.asarray(y_train), n, num_classes, seed)
-    probe = fit_lsr(x_train[idx], y_train[idx], num_classes, l2_reg)
-    results[n] = float(np.mean(np.asarray(predict_lsr(probe, x_test)) == np.asarray(y_test)))
+    accuracies = []
+    for s in range(seed, seed + num_seeds):
+      idx = select_shots(np.asarray(y_train), n, num_classes, s)
+      probe = fit_lsr(x_train[idx], y_train[idx], num_classes, l2_reg)
+      accuracies.append(np.mean(np.asarray(predict_lsr(probe, x_test)) == np.asarray(y_test)))
+    results[n] = float(np.mean(accuracies))
   return results
 
 
@@ -120,7 +131,8 @@ def evaluate(model: Any, variables: Mapping[str, Any], config: Any) -> dict[str,
   train = features(apply_fn, config, fs.train_split, fs.batch_size)
   test = features(apply_fn, config, fs.test_split, fs.batch_size)
   num_classes = int(max(train[1].max(), test[1].max())) + 1
-  accuracies = probe_accuracies(train, test, num_classes, tuple(fs.shots), fs.l2_reg, fs.seed)
+  accuracies = probe_accuracies(train, test, num_classes, tuple(fs.shots), fs.l2_reg, fs.seed,
+                                int(fs.get('num_seeds', 1)))
   return {f'fewshot_{n}shot': acc for n, acc in accuracies.items()}
 
 
@@ -139,8 +151,10 @@ def define_flags() -> None:
   flags.DEFINE_string('train_split', 'train[:2000]', 'Where the shots are drawn from.')
   flags.DEFINE_string('test_split', 'test[:2000]', 'Where the probes are scored.')
   flags.DEFINE_integer('image_size', None, 'Input size; by default the checkpoint\'s.')
-  flags.DEFINE_string('pp', None, 'Preprocessing; by default resize + the family\'s '
+  flags.DEFINE_string('pp', None, 'Preprocessing; by default big_vision\'s few-shot one, '
+                      'resize(256)|central_crop(224) scaled to the model size, + the family\'s '
                       'normalisation.')
+  flags.DEFINE_integer('num_seeds', 3, 'Draws of the shots, averaged (big_vision: 3).')
   flags.DEFINE_list('shots', [str(n) for n in DEFAULT_SHOTS], 'Shots per class.')
   flags.DEFINE_float('l2_reg', DEFAULT_L2_REG, 'Ridge regularisation.')
   flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.')
@@ -149,6 +163,12 @@ def define_flags() -> None:
 
 _PP = {'minus_one_one': 'value_range(-1, 1)', 'zero_one': 'value_range(0, 1)',
        'imagenet': 'normalize("imagenet")'}
+
+
+def default_pp(size: int, normalization: str) -> str:
+  """big_vision's few-shot preprocessing, `resize(256)|central_crop(224)` at 224 px."""
+  return (f'resize({round(size * 256 / 224)})|central_crop({size})|'
+          f'{_PP.get(normalization, "")}').rstrip('|')
 
 
 def main(argv: Sequence[str]) -> int:
@@ -168,11 +188,10 @@ def main(argv: Sequence[str]) -> int:
   height, width = loaded.image_size
   config = ml_collections.ConfigDict(dict(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=False,
-      image_size=(height, width),
-      pp_eval=FLAGS.pp or f'resize({height})|{_PP.get(loaded.normalization, "")}'.rstrip('|'),
+      image_size=(height, width), pp_eval=FLAGS.pp or default_pp(height, loaded.normalization),
       fewshot=dict(train_split=FLAGS.train_split, test_split=FLAGS.test_split,
                    shots=[int(n) for n in FLAGS.shots], l2_reg=FLAGS.l2_reg, seed=0,
-                   batch_size=FLAGS.batch_size)))
+                   num_seeds=FLAGS.num_seeds, batch_size=FLAGS.batch_size)))
   results = evaluate(loaded.model, {'params': loaded.params}, config)
   for name, accuracy in results.items():
     print(f'{name}: {accuracy:.4f}')
