@@ -4,6 +4,23 @@ ImageNet-1k recipe (recipes.md): AdamW lr 5e-4 × batch/512, wd 0.05, 300 epochs
 warmup, cosine, label smoothing 0.1, RandAugment m9 mstd 0.5, mixup 0.8 / cutmix 1.0, random
 erasing 0.25, repeated augmentation (3), stochastic depth 0.1, no dropout; hard distillation from
 a CNN teacher through the `dist` token (DeiT-B: 83.4% distilled vs 81.8% without, not run here).
+Crops are timm's RandomResizedCrop sampler with a bicubic resize and the eval resize is PIL's
+bicubic (`base_config.timm_imagenet_recipe`), as DeiT's `--train-interpolation bicubic`.
+
+Differences from DeiT's main.py (facebookresearch/deit), kept on purpose:
+- schedule ends: DeiT warms up from `--warmup-lr 1e-6`, decays to `--min-lr 1e-5` and steps
+  the schedule once per epoch (`lr_scheduler.step(epoch)`); ours warms up from 0, decays to 0
+  and steps per step (the shared schedule of optim.py). Computed for batch 1024 (peak 1e-3),
+  after the 5 warmup epochs the two stay within 1.3% of the peak; during warmup DeiT holds
+  1e-6 for the whole first epoch, then 2e-4, 4e-4, ... per epoch where ours ramps per step;
+- initialisation: DeiT inits its Linear layers, position embedding and dist token with
+  truncated normal sigma 0.02 (timm `_init_weights`, `trunc_normal_(self.pos_embed, std=.02)`),
+  the patch convolution with PyTorch's default; ours is the original ViT's (Xavier-uniform
+  kernels, e.g. std 0.036 for B's 768x768 q/k/v against 0.018; normal 0.02 position
+  embedding; LeCun-normal patch embedding and heads);
+- DeiT keeps a weight EMA (`--model-ema`, decay 0.99996) that it does not report; add
+  `--config.ema_decay=0.99996` for it;
+- the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart).
 
   python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
       --config.distillation.teacher_path=teacher.npz

@@ -2,7 +2,8 @@ r"""Fine-tuning a pre-trained checkpoint as in the ViT paper (the original libra
 
 SGD momentum 0.9, no weight decay, global-norm clip 1, batch 512 (8 micro-batches of 64),
 warmup then cosine, 384 px, Inception crop + flip, pixels in [-1, 1], zero-initialised head
-(`base_config.vit_finetune_recipe`).
+(`base_config.vit_finetune_recipe`). Dropout is the zoo entry's, as in the original: 0.1 for
+ViT-L/16, ViT-H/14, R50+ViT-B/16 and R50+ViT-L/32, 0 for the others.
 
   python -m vit_jax.main --config=configs/finetune.py:ViT-B_16,cifar10 --workdir=/tmp/ft \
       --config.pretrained_path=imagenet21k_ViT-B_16.npz

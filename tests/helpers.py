@@ -88,6 +88,20 @@ def init_key():
   return jax.random.key(0, impl='rbg')
 
 
+def state_and_step(config, num_classes, size=32):
+  """(a fresh TrainState, the jitted train step) of `config` on one mesh, for size-px images."""
+  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  model = step_lib.create_model(config, num_classes)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             np.zeros((1, size, size, 3), np.float32)))
+  tx, schedule = optim.make_optimizer(config, shapes['params'])
+  state, _ = step_lib.init_state(config, model, tx, sharding.make_mesh(config.mesh),
+                                 (size, size, 3))
+  return state, jax.jit(step_lib.make_train_step(model, tx, schedule, config))
+
+
 def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3, size=32):
   """Writes ROOT/<split>/<class>/*.png: class k is a noisy image whose k-th third of rows is bright.
 

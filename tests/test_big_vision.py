@@ -135,3 +135,28 @@ def test_so400m_parameter_count_matches_timm(timm):
   with torch.device('meta'):
     theirs = timm.create_model('vit_so400m_patch14_siglip_224', pretrained=False, num_classes=0)
   assert ours == sum(p.numel() for p in theirs.parameters()) == 427_680_704
+
+
+def test_a_size_the_patch_does_not_divide_runs_as_timm(timm, tmp_path):
+  # SigLIP So400m/14 at 384 px in small: timm's ViT at 36 px with 8x8 patches (a 4x4 grid, the
+  # last 4 rows and columns unused); our loader told the size gives its logits.
+  import torch  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import convert  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import loader  # pylint: disable=g-import-not-at-top
+  theirs = timm.models.vision_transformer.VisionTransformer(
+      img_size=36, patch_size=PATCH, embed_dim=D, depth=LAYERS, num_heads=HEADS, mlp_ratio=2.,
+      num_classes=CLASSES, act_layer='gelu_tanh').eval()
+  torch.manual_seed(0)
+  with torch.no_grad():
+    for p in theirs.parameters():
+      p.add_(0.2 * torch.randn_like(p))
+  torch.save(theirs.state_dict(), tmp_path / 'timm.pth')
+  convert.convert(str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.npz'), num_heads=HEADS)
+  loaded = loader.load(tmp_path / 'ours.npz', image_size=36)
+  assert loaded.image_size == (36, 36)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 36, 36, 3)).astype(np.float32)
+  with torch.no_grad():
+    expected = theirs(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+  got = loaded.model.apply({'params': loaded.params}, x)
+  assert np.abs(expected).max() > 0.1
+  np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

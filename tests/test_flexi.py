@@ -46,9 +46,83 @@ def test_load_pretrained_at_another_patch_size(tmp_path):
   path = tmp_path / 'flexi.npz'
   checkpoint.save(params, path)
   init = vit(16).init(jax.random.key(1), jnp.zeros((1, 48, 48, 3)))['params']
+  # The original raised a shape error here: resampling has to be asked for.
+  with pytest.raises(checkpoint.CheckpointError, match='resample_patch_embedding=True'):
+    checkpoint.load_pretrained(pretrained_path=path, init_params=init,
+                               model_config={'representation_size': None})
   loaded = checkpoint.load_pretrained(pretrained_path=path, init_params=init,
-                                      model_config={'representation_size': None})
+                                      model_config={'representation_size': None},
+                                      resample_patch_embedding=True)
   np.testing.assert_allclose(loaded['embedding']['kernel'],
                              resize.resample_patchemb(params['embedding']['kernel'], (16, 16)),
                              rtol=1e-6)
   assert loaded['Transformer']['posembed_input']['pos_embedding'].shape == (1, 1 + 9, 16)
+
+
+def _flexi_vit(patch):
+  """FlexiViT's layout in small: gap pooling, no [CLS], a learned 4x4 grid at /8."""
+  return models.VisionTransformer(
+      num_classes=3, patches={'size': (patch, patch)}, hidden_size=16, classifier='gap',
+      transformer=dict(num_layers=1, mlp_dim=32, num_heads=2))
+
+
+@pytest.mark.parametrize('patch', [4, 5, 16])
+def test_flexivit_checkpoint_runs_as_flexivits_model_at_another_patch_size(tmp_path, patch):
+  params = randomize(_flexi_vit(8).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
+  checkpoint.save(params, tmp_path / 'flexi.npz')
+  model = _flexi_vit(patch)
+  init = model.init(jax.random.key(1), jnp.zeros((1, 40, 40, 3)))['params']
+  loaded = checkpoint.load_pretrained(pretrained_path=tmp_path / 'flexi.npz', init_params=init,
+                                      model_config={}, reset_head=False, posemb_resize='flexi',
+                                      resample_patch_embedding=True)
+  # big_vision flexi/vit.py _Model: the stored grid resized at run time to the token grid,
+  # jax.image.resize(pos_emb, (1, h, w, c), "linear"), and Patchify's resampled kernel.
+  h = 40 // patch
+  stored = params['Transformer']['posembed_input']['pos_embedding'].reshape(1, 4, 4, 16)
+  flexi = np.asarray(jax.image.resize(stored, (1, h, h, 16), 'linear')).reshape(1, h * h, 16)
+  np.testing.assert_allclose(loaded['Transformer']['posembed_input']['pos_embedding'], flexi,
+                             atol=1e-6)
+  np.testing.assert_allclose(loaded['embedding']['kernel'], resize.resample_patchemb(
+      params['embedding']['kernel'], (patch, patch)), rtol=1e-6)
+  np.testing.assert_array_equal(loaded['head']['kernel'], params['head']['kernel'])
+  # The original's zoom (corners aligned, no antialiasing) is measurably another embedding.
+  zoom = resize.interpolate_posembed(params['Transformer']['posembed_input']['pos_embedding'],
+                                     (h, h), num_prefix_tokens=0)
+  assert np.sqrt(np.mean((zoom - flexi)**2) / np.mean(flexi**2)) > 0.02
+
+
+@pytest.mark.parametrize('old,new', [(14, 24), (14, 8), (7, 10)])
+def test_posemb_resize_timm_is_timms_resample_abs_pos_embed(timm, old, new):
+  import torch  # pylint: disable=g-import-not-at-top
+  posemb = np.random.default_rng(0).standard_normal((1, 1 + old * old, 8)).astype(np.float32)
+  theirs = timm.layers.resample_abs_pos_embed(torch.from_numpy(posemb), [new, new],
+                                              num_prefix_tokens=1).numpy()
+  ours = resize.interpolate_posembed(posemb, (new, new), method='timm')
+  np.testing.assert_allclose(ours, theirs, atol=1e-5)
+  zoom = resize.interpolate_posembed(posemb, (new, new))
+  assert np.abs(zoom - theirs).max() > 0.05  # The default (original's) resize differs.
+
+
+def test_resize_options_reach_the_loader_from_the_config(tmp_path):
+  from vit_jax.training import base_config  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
+  params = randomize(_flexi_vit(8).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
+  checkpoint.save(params, tmp_path / 'flexi.npz')
+  config = base_config.get_config()
+  config.model_name = 'ViT-Ti_16'
+  config.model = dict(patches={'size': (4, 4)}, hidden_size=16, classifier='gap',
+                      transformer={'num_layers': 1, 'mlp_dim': 32, 'num_heads': 2})
+  config.pretrained_path = str(tmp_path / 'flexi.npz')
+  model = train.create_model(config, 3)
+  with pytest.raises(checkpoint.CheckpointError, match='config.resample_patch_embedding'):
+    train.load_pretrained(config, model, (40, 40, 3))[0]
+  config.resample_patch_embedding = True
+  config.posemb_resize = 'nearest'
+  with pytest.raises(checkpoint.CheckpointError, match="posemb_resize='nearest'"):
+    train.load_pretrained(config, model, (40, 40, 3))[0]
+  config.posemb_resize = 'timm'
+  loaded = train.load_pretrained(config, model, (40, 40, 3))[0]
+  np.testing.assert_allclose(
+      loaded['Transformer']['posembed_input']['pos_embedding'],
+      resize.interpolate_posembed(params['Transformer']['posembed_input']['pos_embedding'],
+                                  (10, 10), num_prefix_tokens=0, method='timm'))

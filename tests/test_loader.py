@@ -10,7 +10,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image

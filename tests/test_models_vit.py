@@ -26,6 +26,27 @@ def test_parameter_count_equals_original(name):
   assert count_params(models.get_model(name, num_classes=1000), 224) == ORIGINAL_COUNTS[name]
 
 
+# The original's `configs/models.py`: transformer (dropout_rate, attention_dropout_rate).
+ORIGINAL_DROPOUT = {
+    'ViT-Ti_16': (0.0, 0.0), 'ViT-S_16': (0.0, 0.0), 'ViT-S_32': (0.0, 0.0),
+    'ViT-B_16': (0.0, 0.0), 'ViT-B_32': (0.0, 0.0), 'ViT-B_8': (0.0, 0.0),
+    'ViT-L_16': (0.1, 0.0), 'ViT-L_32': (0.0, 0.0), 'ViT-H_14': (0.1, 0.0),
+    'ViT-S_16-gap-norep': (0.0, 0.0), 'ViT-B_16-gap-norep': (0.0, 0.0),
+    'ViT-S_32-gap-norep': (0.0, 0.0), 'ViT-B_32-gap-norep': (0.0, 0.0),
+    'R+ViT-Ti_16': (0.0, 0.0), 'R50+ViT-B_16': (0.1, 0.0), 'R26+ViT-B_32': (0.0, 0.0),
+    'R26+ViT-S_32': (0.0, 0.0), 'R50+ViT-L_32': (0.1, 0.0),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ORIGINAL_DROPOUT))
+def test_zoo_dropout_equals_original(name):
+  transformer = models.MODEL_CONFIGS[name].transformer
+  assert (transformer.dropout_rate, transformer.attention_dropout_rate) == ORIGINAL_DROPOUT[name]
+  # Our -gap variants (not in the original) keep their base model's dropout.
+  if f'{name}-gap' in models.MODEL_CONFIGS:
+    assert models.MODEL_CONFIGS[f'{name}-gap'].transformer.dropout_rate == ORIGINAL_DROPOUT[name][0]
+
+
 def test_every_vit_zoo_entry_builds_with_original_api():
   for name, config in models.MODEL_CONFIGS.items():
     if models.MODEL_FAMILIES[name] != 'vit' or config.get('resnet') is not None:
@@ -147,10 +168,21 @@ def test_attention_weights_are_sown():
   np.testing.assert_allclose(weights.sum(-1), 1., atol=1e-5)
 
 
-def test_bad_input_is_rejected_with_a_clear_error():
+def test_a_size_the_patch_does_not_divide_drops_the_remainder_as_the_references(caplog):
+  # big_vision's and timm's VALID patch convolution: 19x18 px with 4x4 patches is the 16x16
+  # image's 4x4 grid, the last 3 rows and 2 columns unused (SigLIP So400m/14 at 384 px).
   model = _tiny()
-  with pytest.raises(ValueError, match='not divisible by the patch size'):
-    model.init(jax.random.key(0), jnp.zeros((1, 18, 16, 3)))
+  x = jax.random.normal(jax.random.key(1), (2, 19, 18, 3))
+  params = model.init(jax.random.key(0), x[:, :16, :16])['params']
+  with caplog.at_level('INFO'):
+    got = model.apply({'params': params}, x)
+    model.apply({'params': params}, x)
+  np.testing.assert_array_equal(got, model.apply({'params': params}, x[:, :16, :16]))
+  said = [r for r in caplog.records if 'not divisible by the patch size' in r.getMessage()]
+  assert len(said) == 1 and 'last 3 rows and 2 columns are dropped' in said[0].getMessage()
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
   with pytest.raises(KeyError, match='Unknown model'):
     models.get_model('ViT-Q_16', num_classes=1)
   with pytest.raises(TypeError, match='no_such_field'):

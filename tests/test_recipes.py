@@ -58,6 +58,30 @@ def test_bv_preset_is_big_vision_vit_s16_i1k():
   assert 'randaug("rand-m10-n2")' in config.pp_train
 
 
+# The ViT paper's Table 3, ViT-B rows (Adam, batch 4096, warmup 10k, clip 1, 224 px):
+# dataset: (epochs, base lr, decay, weight decay, dropout).
+VIT_PAPER_TABLE_3 = {
+    'imagenet2012': (300, 3e-3, 'cosine', 0.3, 0.1),
+    'imagenet21k': (90, 1e-3, 'linear', 0.03, 0.1),
+}
+
+
+@pytest.mark.parametrize('dataset', sorted(VIT_PAPER_TABLE_3))
+def test_pretraining_takes_the_papers_row_for_the_dataset(dataset):
+  config = load_config('pretrain.py', f'ViT-B_16,{dataset}')
+  got = (config.num_epochs, config.lr.base, config.lr.decay_type, config.optimizer.weight_decay,
+         config.model.transformer.dropout_rate)
+  assert got == VIT_PAPER_TABLE_3[dataset]
+  assert (config.optimizer.name, config.optimizer.b1, config.optimizer.b2) == ('adam', 0.9, 0.999)
+  assert (config.batch_size, config.lr.warmup_steps, config.grad_clip_norm,
+          config.image_size) == (4096, 10_000, 1.0, 224)
+
+
+def test_pretraining_rejects_a_dataset_without_a_row():
+  with pytest.raises(ValueError, match="DATASET 'cifar10' has no row"):
+    load_config('pretrain.py', 'ViT-B_16,cifar10')
+
+
 @pytest.mark.parametrize('name,width', [('R50+ViT-L_32', 1024), ('R26+ViT-S_32', 384),
                                         ('R+ViT-Ti_16', 192), ('ViT-B_16', 768)])
 def test_pretraining_representation_layer_is_the_transformer_width(name, width):

@@ -11,7 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import load_config, make_image_folder
+from helpers import load_config, make_image_folder, state_and_step
+from vit_jax import checkpoint
 from vit_jax.training import base_config
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -120,6 +121,46 @@ def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
   for a, b in zip(batch_stats_leaves(_restore_model_state(workdir, 3)), batch_stats_leaves(saved[3])):
     np.testing.assert_array_equal(a, b)
   assert second['eval_loss'] == pytest.approx(first['eval_loss'], abs=1e-6)
+
+
+def test_weight_ema_averages_the_batch_statistics_too():
+  # timm's ModelEmaV3: every floating-point entry of the state dict (parameters and BatchNorm
+  # running mean / var) follows ema = decay * ema + (1 - decay) * live after each step.
+  state, step = state_and_step(resnet_config(ema_decay=0.75), 3)
+  as_f64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+  expected = as_f64((state.params, state.model_state))
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    state, _ = step(state, banded_batch(rng, 32))
+    expected = jax.tree.map(lambda e, x: 0.75 * e + 0.25 * x, expected,
+                            as_f64((state.params, state.model_state)))
+  got = (state.ema_params, state.ema_model_state)
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  live, ema = batch_stats_leaves(state.model_state), batch_stats_leaves(state.ema_model_state)
+  assert max(np.abs(a - b).max() for a, b in zip(live, ema)) > 1e-3
+
+
+def test_weight_ema_statistics_are_exported_and_resumed_exactly(tmp_path):
+  data = make_image_folder(str(tmp_path / 'images'), splits=(('train', 32), ('test', 8)))
+  config = resnet_config(
+      dataset='imagefolder', data_dir=data, download=False, ema_decay=0.5,
+      pp_train='resize|flip_lr|value_range(-1, 1)', pp_eval='resize|value_range(-1, 1)',
+      shuffle_buffer=96, batch_size=16, eval_batch_size=8, total_steps=3, log_every=1,
+      eval_every=3, checkpoint_every=1, keep_checkpoints=3)
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  exported = checkpoint.flatten(checkpoint.load(os.path.join(workdir, 'model_ema_state.npz')))
+  live = checkpoint.flatten(checkpoint.load(os.path.join(workdir, 'model_state.npz')))
+  assert exported.keys() == live.keys()
+  assert any(np.abs(exported[k] - live[k]).max() > 1e-4 for k in live)
+  # Lose the last checkpoint: the rerun resumes from step 2 and exports the same averages.
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '3'))
+  train.train_and_evaluate(config, workdir)
+  again = checkpoint.flatten(checkpoint.load(os.path.join(workdir, 'model_ema_state.npz')))
+  for key in exported:
+    np.testing.assert_array_equal(again[key], exported[key], err_msg=key)
 
 
 # ---------------------------------------------------------------------------------------------

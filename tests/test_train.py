@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO, run_main
+from helpers import REPO, run_main, state_and_step
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax.data import input_pipeline
@@ -217,12 +217,7 @@ def test_weight_ema_resumes_exactly_and_is_the_average(tmp_path, data_overrides)
 def test_weight_ema_follows_its_definition(data_overrides):
   config = make_config(data_overrides, batch_size=8, ema_decay=0.75)
   config.model.transformer.dropout_rate = 0.0
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, 10)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  tx, schedule = optim.make_optimizer(config, shapes['params'])
-  state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
-  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
+  state, step = state_and_step(config, 10)
   expected = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params)
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3)),
            'label': jnp.arange(8) % 10}

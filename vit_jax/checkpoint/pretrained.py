@@ -76,15 +76,16 @@ def load_pretrained(*, pretrained_path: str | os.PathLike | Mapping[str, Any],
                     init_params: Mapping[str, Any],
                     model_config: Mapping[str, Any] | Any, reset_head: bool = True,
                     grid: tuple[int, int] | None = None,
-                    old_grid: tuple[int, int] | None = None) -> Params:
+                    old_grid: tuple[int, int] | None = None, posemb_resize: str = 'zoom',
+                    resample_patch_embedding: bool = False) -> Params:
   """Loads a pre-trained checkpoint into a freshly initialised model for fine-tuning.
 
   As in the original library: the head is re-initialised (taken from `init_params`), `pre_logits`
   is dropped when `model_config.representation_size` is None, and the position embedding is
-  resized to the model's grid. A ViT's patch-embedding kernel of another patch size is resampled
-  (FlexiViT's pseudo-inverse resize, `resize.resample_patchemb`). Everything else must fit
-  exactly: a missing, extra or mis-shaped key raises CheckpointError naming it. Scanned models
-  get their blocks stacked.
+  resized to the model's grid. A ViT's patch-embedding kernel of another patch size is an error
+  unless `resample_patch_embedding` (FlexiViT's pseudo-inverse resize,
+  `resize.resample_patchemb`). Everything else must fit exactly: a missing, extra or mis-shaped
+  key raises CheckpointError naming it. Scanned models get their blocks stacked.
 
   Args:
     pretrained_path: `.npz` in any registered layout, or its parameters (nested).
@@ -93,7 +94,15 @@ def load_pretrained(*, pretrained_path: str | os.PathLike | Mapping[str, Any],
     reset_head: keep the checkpoint's head instead when False (shapes must then fit).
     grid: the model's patch grid (h, w) when it is not square.
     old_grid: the checkpoint's patch grid when it is not square.
+    posemb_resize: how the position embedding is resized, `resize.POSEMB_METHODS`: 'zoom' (the
+      original's and big_vision's fine-tuning initialisation), 'flexi' (FlexiViT's model run at
+      another patch size) or 'timm' (timm's bicubic, antialiased).
+    resample_patch_embedding: resample a patch embedding of another patch size (FlexiViT)
+      instead of raising; the original raised a shape error.
   """
+  if posemb_resize not in resize.POSEMB_METHODS:
+    raise CheckpointError(f'posemb_resize={posemb_resize!r}: expected one of '
+                          f'{sorted(resize.POSEMB_METHODS)}')
   if isinstance(pretrained_path, (str, os.PathLike)):
     pretrained_path = npz.load(pretrained_path)
   flat = tree.flatten(pretrained_path)
@@ -117,7 +126,12 @@ def load_pretrained(*, pretrained_path: str | os.PathLike | Mapping[str, Any],
   if embedding in flat and 'conv_root/kernel' not in flat_init:
     old, new = np.shape(flat[embedding]), np.shape(flat_init[embedding])
     if old[:2] != new[:2] and old[2:] == new[2:]:
-      logging.info('Resampling the patch embedding %s -> %s (FlexiViT)', old[:2], new[:2])
+      if not resample_patch_embedding:
+        raise CheckpointError(
+            f'{pretrained_path} has {old[0]}x{old[1]} patches, the model {new[0]}x{new[1]}: set '
+            'resample_patch_embedding=True (config.resample_patch_embedding) to resample the '
+            'kernel as FlexiViT does, or pick the model of the checkpoint\'s patch size')
+      logging.warning('Resampling the patch embedding %s -> %s (FlexiViT)', old[:2], new[:2])
       flat[embedding] = resize.resample_patchemb(flat[embedding], new[:2])
 
   posemb_key = next((k for k in flat_init if k.endswith('posembed_input/pos_embedding')), None)
@@ -127,7 +141,8 @@ def load_pretrained(*, pretrained_path: str | os.PathLike | Mapping[str, Any],
     if old.shape != new and old.shape[-1] == new[-1]:
       prefix = _num_prefix_tokens(flat_init)
       flat[posemb_key] = resize.interpolate_posembed(
-          old, grid if grid is not None else new[1], num_prefix_tokens=prefix, old_grid=old_grid)
+          old, grid if grid is not None else new[1], num_prefix_tokens=prefix, old_grid=old_grid,
+          method=posemb_resize)
   return inspect_params(params=tree.unflatten(flat), expected=tree.unflatten(flat_init))
 
 

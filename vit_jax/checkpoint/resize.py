@@ -1,7 +1,8 @@
 """Resizing checkpoint arrays for another model geometry.
 
 - `interpolate_posembed`: a learned position embedding to a new patch grid, as the original
-  library does (`scipy.ndimage.zoom`, order 1), prefix rows ([CLS], DeiT's `dist`) kept.
+  library does (`scipy.ndimage.zoom`, order 1), as FlexiViT's model does at run time, or as
+  timm does (`POSEMB_METHODS`); prefix rows ([CLS], DeiT's `dist`) kept.
 - `resize_relative_position_bias_table`: a Swin table to another window size, bicubic as the
   official loader (torch `F.interpolate`, reproduced in numpy) or geometric as timm.
 - `resample_patchemb`: FlexiViT's patch-size change. Resizing a patch x bilinearly is linear,
@@ -36,14 +37,30 @@ def _square_side(n: int, what: str) -> int:
   return side
 
 
+# How `interpolate_posembed` resizes the grid, by the reference it follows.
+POSEMB_METHODS = {
+    # The original library and big_vision's `resample_posemb` (fine-tuning initialisation):
+    # linear, the corner rows aligned.
+    'zoom': 'scipy.ndimage.zoom(order=1)',
+    # FlexiViT's model at another patch size: jax.image.resize(..., 'linear'), half-pixel
+    # centres, antialiased when shrinking.
+    'flexi': "jax.image.resize(method='linear')",
+    # timm's resample_abs_pos_embed: F.interpolate(mode='bicubic', antialias=True), the same
+    # numbers as jax.image.resize 'cubic' with antialias (Keys a = -0.5).
+    'timm': "jax.image.resize(method='cubic', antialias=True)",
+}
+
+
 def interpolate_posembed(posemb: np.ndarray, num_tokens: int | tuple[int, int],
                          has_class_token: bool = True, *,
                          old_grid: tuple[int, int] | None = None,
-                         num_prefix_tokens: int | None = None) -> np.ndarray:
+                         num_prefix_tokens: int | None = None,
+                         method: str = 'zoom') -> np.ndarray:
   """Resizes a learned position embedding to a new patch grid, as the original library does.
 
   The prefix rows (class token, and distillation token where present) are kept as they are; the
-  grid rows are reshaped to (h, w, D) and resized with `scipy.ndimage.zoom(order=1)`.
+  grid rows are reshaped to (h, w, D) and resized by `method` (a key of `POSEMB_METHODS`):
+  'zoom' (default) is the original's `scipy.ndimage.zoom(order=1)`.
 
   Args:
     posemb: (1, prefix + h_old * w_old, D).
@@ -52,11 +69,15 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int | tuple[int, int],
     has_class_token: whether row 0 is the class token's (ignored when `num_prefix_tokens` is set).
     old_grid: (h, w) of the stored grid; needed only when it is not square.
     num_prefix_tokens: number of rows before the grid (0 for gap models, 2 for distilled DeiT).
+    method: 'zoom', 'flexi' or 'timm' (see `POSEMB_METHODS`).
 
   Returns:
     (1, prefix + h_new * w_new, D) float array of posemb's dtype.
   """
   posemb = np.asarray(posemb)
+  if method not in POSEMB_METHODS:
+    raise CheckpointError(f'Unknown position-embedding resize method {method!r}; expected one of '
+                          f'{sorted(POSEMB_METHODS)}')
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise CheckpointError(f'Position embedding must have shape (1, tokens, D), got {posemb.shape}')
   prefix_len = int(has_class_token) if num_prefix_tokens is None else num_prefix_tokens
@@ -73,10 +94,15 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int | tuple[int, int],
     old_h, old_w = old_grid
     if old_h * old_w != len(grid):
       raise CheckpointError(f'old_grid {old_grid} does not match {len(grid)} stored grid tokens')
-  logging.info('Resizing position embedding grid %s -> %s', (old_h, old_w), (new_h, new_w))
+  logging.info('Resizing position embedding grid %s -> %s with %s', (old_h, old_w),
+               (new_h, new_w), POSEMB_METHODS[method])
   grid = grid.reshape(old_h, old_w, -1)
-  if (old_h, old_w) != (new_h, new_w):
+  if (old_h, old_w) != (new_h, new_w) and method == 'zoom':
     grid = scipy.ndimage.zoom(grid, (new_h / old_h, new_w / old_w, 1), order=1)
+  elif (old_h, old_w) != (new_h, new_w):
+    grid = np.asarray(jax.image.resize(
+        grid.astype(np.float32), (new_h, new_w, grid.shape[-1]),
+        method='linear' if method == 'flexi' else 'cubic', antialias=True))
   grid = grid.reshape(1, new_h * new_w, -1)
   return np.concatenate([prefix, grid], axis=1).astype(posemb.dtype)
 

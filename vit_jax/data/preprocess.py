@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from typing import Callable
 
 import tensorflow as tf
@@ -107,10 +108,16 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
   return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def resize_image(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-  """Bilinear resize to `size` (uint8 stays uint8, rounded; float stays float)."""
+def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = 'bilinear',
+                 antialias: bool = False) -> tf.Tensor:
+  """`tf.image.resize` to `size` (uint8 stays uint8, clipped and rounded; float stays float).
+
+  `method` and `antialias` are tf.image.resize's: 'area' is big_vision's resize_small default;
+  'bicubic' with antialias=True is PIL's bicubic (Keys a = -0.5, kernel widened when shrinking),
+  which timm's transforms run.
+  """
   dtype = image.dtype
-  image = tf.image.resize(image, size, method='bilinear', antialias=False)
+  image = tf.image.resize(image, size, method=method, antialias=antialias)
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), dtype) if dtype == tf.uint8 else image
 
 
@@ -121,14 +128,19 @@ def resize(size: int | tuple[int, int] = 224) -> Op:
 
 
 @register('resize_small')
-def resize_small(smaller_side: int) -> Op:
-  """Resizes so that the smaller side is `smaller_side`, keeping the aspect ratio."""
+def resize_small(smaller_side: int, method: str = 'bilinear', antialias: bool = False) -> Op:
+  """Resizes so that the smaller side is `smaller_side`, keeping the aspect ratio.
+
+  The longer side is rounded, as big_vision does (torchvision's Resize truncates it: at most one
+  pixel apart, half a pixel after a central crop). big_vision's own op defaults to
+  method='area'; timm's eval (DeiT, Swin) is PIL bicubic: method='bicubic', antialias=True.
+  """
   def op(image, seed):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     ratio = tf.cast(smaller_side, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
     new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * ratio), tf.int32)
     new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * ratio), tf.int32)
-    return resize_image(image, (new_h, new_w))
+    return resize_image(image, (new_h, new_w), method, antialias)
   return op
 
 
@@ -152,6 +164,47 @@ def inception_crop(size: int | tuple[int, int] = 224, area_min: float = 5,
         area_range=(area_min / 100, area_max / 100), min_object_covered=0,
         use_image_if_no_bounding_boxes=True)
     return resize_image(tf.slice(image, begin, crop_size), _hw(size))
+  return op
+
+
+@register('random_resized_crop')
+def random_resized_crop(size: int | tuple[int, int] = 224,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), method: str = 'bicubic',
+                        antialias: bool = True) -> Op:
+  """timm's RandomResizedCrop (DeiT, Swin): its crop sampler, then a bicubic resize to `size`.
+
+  As timm's `get_params`: up to 10 tries of an area uniform in `scale` times the image's and a
+  log aspect ratio uniform in log `ratio`, sides rounded; the first that fits is placed uniformly,
+  and if none fits, the central crop of the largest region within `ratio`. The tries are drawn at
+  once from the stateless seed. (TF's `inception_crop` draws differently: smaller crops.)
+  """
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  def op(image, seed):
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    img_h, img_w = tf.shape(image)[0], tf.shape(image)[1]
+    area = tf.cast(img_h * img_w, tf.float32)
+    target_area = tf.random.stateless_uniform([10], seeds[0], scale[0], scale[1]) * area
+    aspect = tf.exp(tf.random.stateless_uniform([10], seeds[1], log_ratio[0], log_ratio[1]))
+    # tf.round, like Python's round, rounds halves to even.
+    tries_w = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
+    tries_h = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
+    fits = (tries_w <= img_w) & (tries_h <= img_h)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    in_ratio = tf.cast(img_w, tf.float32) / tf.cast(img_h, tf.float32)
+    fallback_w = tf.where(in_ratio > max(ratio), tf.cast(
+        tf.round(tf.cast(img_h, tf.float32) * max(ratio)), tf.int32), img_w)
+    fallback_h = tf.where(in_ratio < min(ratio), tf.cast(
+        tf.round(tf.cast(img_w, tf.float32) / min(ratio)), tf.int32), img_h)
+    found = tf.reduce_any(fits)
+    crop_w = tf.where(found, tries_w[first], fallback_w)
+    crop_h = tf.where(found, tries_h[first], fallback_h)
+    top = tf.where(found, tf.random.stateless_uniform(
+        [], seeds[2], 0, img_h - crop_h + 1, tf.int32), (img_h - crop_h) // 2)
+    left = tf.where(found, tf.random.stateless_uniform(
+        [], seeds[3], 0, img_w - crop_w + 1, tf.int32), (img_w - crop_w) // 2)
+    crop = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
+    return resize_image(crop, _hw(size), method, antialias)
   return op
 
 

@@ -24,8 +24,9 @@ from vit_jax.checkpoint import pretrained
 FlatParams = dict[str, np.ndarray]
 Config = dict[str, Any]
 # (a checkpoint's parameters, nested; the model's initial parameters; the model; its input
-# (h, w, c)) -> the parameters fitted to the model (fresh head, resized embeddings).
-PretrainedLoader = Callable[[str, Mapping[str, Any], nn.Module, tuple[int, int, int]], Any]
+# (h, w, c); keyword options of `pretrained.load_pretrained` the family may use) -> the
+# parameters fitted to the model (fresh head, resized embeddings).
+PretrainedLoader = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,8 @@ def pretraining_size(flat: FlatParams, model: nn.Module) -> tuple[int, int]:
 
 
 def load_pretrained_npz(params: Mapping[str, Any], init_params: Mapping[str, Any],
-                        model: nn.Module, image_shape: tuple[int, int, int]) -> Any:
+                        model: nn.Module, image_shape: tuple[int, int, int],
+                        **options: Any) -> Any:
   """`checkpoint.load_pretrained` for the `.npz` families (position embeddings to the grid)."""
   grid = None
   if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
@@ -128,4 +130,4 @@ def load_pretrained_npz(params: Mapping[str, Any], init_params: Mapping[str, Any
   return pretrained.load_pretrained(
       pretrained_path=params, init_params=init_params,
       model_config={'representation_size': getattr(model, 'representation_size', None)},
-      grid=grid)
+      grid=grid, **options)

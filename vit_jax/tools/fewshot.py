@@ -2,15 +2,19 @@
 
   python -m vit_jax.tools.fewshot --checkpoint=model.npz --dataset=cifar10 --image_size=224
 
-The file is read by the one loader (`models.loader`), so a training export is fed as its job's
-evaluation fed it (the model card's preprocessing), and a converted copy of it gives the same
-accuracies. The probes are `training.fewshot`'s (big_vision's `fewshot_lsr`).
+The file is read by the one loader (`models.loader`). A training export (a file with a model
+card) is fed as its job's evaluation fed it (the card's `pp_eval`), so the export and a converted
+copy of it give the same accuracies as the job's own few-shot probe. Other files follow
+big_vision's `configs/common_fewshot.py`: images resized to 256x256 and centre-cropped to 224
+(scaled for other model sizes). Shots are drawn with 3 seeds (`--num_seeds`), each accuracy the
+mean over the seeds (big_vision logs one per seed). The probes are `training.fewshot`'s
+(big_vision's `fewshot_lsr`).
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import app
 from absl import flags
@@ -34,33 +38,42 @@ def define_flags() -> None:
   flags.DEFINE_string('train_split', 'train[:2000]', 'Where the shots are drawn from.')
   flags.DEFINE_string('test_split', 'test[:2000]', 'Where the probes are scored.')
   flags.DEFINE_integer('image_size', None, 'Input size; by default the checkpoint\'s.')
-  flags.DEFINE_string('pp', None, 'Preprocessing; by default resize + the family\'s '
+  flags.DEFINE_string('pp', None, 'Preprocessing; by default big_vision\'s few-shot one, '
+                      'resize(256)|central_crop(224) scaled to the model size, + the file\'s '
                       'normalisation.')
+  flags.DEFINE_integer('num_seeds', 3, 'Draws of the shots, averaged (big_vision: 3).')
   flags.DEFINE_list('shots', [str(n) for n in DEFAULT_SHOTS], 'Shots per class.')
   flags.DEFINE_float('l2_reg', DEFAULT_L2_REG, 'Ridge regularisation.')
   flags.DEFINE_integer('batch_size', 64, 'Images per forward pass.')
   flags.mark_flag_as_required('checkpoint')
 
 
+def default_pp(size: int, normalization: Any) -> str:
+  """big_vision's few-shot preprocessing, `resize(256)|central_crop(224)` at 224 px, scaled to
+  `size`, then the model's pixel normalisation."""
+  from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  return (f'resize({round(size * 256 / 224)})|central_crop({size})|'
+          f'{preprocess.normalization_spec(normalization)}')
+
+
 def main(argv: Sequence[str]) -> int:
   del argv
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from vit_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   from vit_jax.models import loader  # pylint: disable=g-import-not-at-top
   try:
     loaded = loader.load(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size)
   except (FileNotFoundError, KeyError, ValueError) as e:
     sys.exit(f'fewshot: cannot load {FLAGS.checkpoint}: {e}')
   height, width = loaded.image_size
-  # As the job's evaluation fed the model (its card), else resize + the file's normalisation.
-  pp = FLAGS.pp or loaded.pp_eval or (
-      f'resize(({height}, {width}))|{preprocess.normalization_spec(loaded.normalization)}')
+  # A training export is probed as its job's few-shot evaluator probed it (the card's pp_eval);
+  # other files with big_vision's protocol.
+  pp = FLAGS.pp or loaded.pp_eval or default_pp(height, loaded.normalization)
   config = ml_collections.ConfigDict(dict(
       dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=False,
       image_size=(height, width), pp_eval=pp,
       fewshot=dict(train_split=FLAGS.train_split, test_split=FLAGS.test_split,
                    shots=[int(n) for n in FLAGS.shots], l2_reg=FLAGS.l2_reg, seed=0,
-                   batch_size=FLAGS.batch_size)))
+                   num_seeds=FLAGS.num_seeds, batch_size=FLAGS.batch_size)))
   results = evaluate(loaded.model, loaded.variables, config)
   for name, accuracy in results.items():
     print(f'{name}: {accuracy:.4f}')

@@ -27,6 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   # An original-format .npz to fine-tune from (position embeddings resized, head reset).
   config.pretrained_path = placeholder(str)
+  # How its position embedding is resized to the model's grid: 'zoom' (the original's and
+  # big_vision's scipy zoom, right for Google's files), 'timm' (bicubic, antialiased, as timm
+  # resizes its weights) or 'flexi' (FlexiViT's run-time linear resize).
+  config.posemb_resize = 'zoom'
+  # A checkpoint of another patch size is an error unless True: its kernel is then resampled
+  # as FlexiViT does (B/32 weights for a B/16 model).
+  config.resample_patch_embedding = False
 
   # Data: a TFDS name (TFDS_DATA_DIR or data_dir), or 'imagefolder' with data_dir=ROOT holding
   # ROOT/<split>/<class>/*.jpg|png. Splits take TFDS slicing, e.g. 'train[:98%]'.
@@ -95,13 +102,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
   # Weight EMA: ema = decay * ema + (1 - decay) * params after every step; 0 disables it. When on,
   # evaluation also reports the average (`ema_eval_*`) and it is exported as model_ema.npz.
+  # BatchNorm statistics get the same average (timm's ModelEmaV3), in model_ema_state.npz.
   config.ema_decay = 0.
   # Few-shot linear probes on the pre-logits features (vit_jax/fewshot.py) every `fewshot_every`
   # steps (0: never), on `fewshot`'s splits of `dataset`, preprocessed with `pp_eval`.
   config.fewshot_every = 0
   config.fewshot = ml_collections.ConfigDict(dict(
       train_split='train[:1000]', test_split='test[:1000]', shots=(1, 5, 10, 25),
-      l2_reg=2.**10, seed=0, batch_size=64))
+      l2_reg=2.**10, seed=0, num_seeds=3, batch_size=64))  # big_vision: 3 seeds (averaged)
   return config
 
 
@@ -198,18 +206,21 @@ def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
   """The ImageNet-1k recipe DeiT and Swin share (both trained with timm's script).
 
   300 epochs at 224 px, batch 1024, AdamW wd 0.05 on kernels, lr 5e-4 x batch/512 with
-  `warmup_epochs` of warmup then cosine; Inception crop (8-100%), flip, RandAugment
-  rand-m9-mstd0.5-inc1, random erasing 0.25, label smoothing 0.1, mixup 0.8 / cutmix 1.0;
-  eval: resize to 256, centre crop 224 (timm's crop_pct 0.875). Callers set clipping,
+  `warmup_epochs` of warmup then cosine; timm's RandomResizedCrop (area 8-100%, log aspect
+  uniform in 3/4-4/3, bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25,
+  label smoothing 0.1, mixup 0.8 / cutmix 1.0; eval: PIL-bicubic resize to 256, centre crop 224
+  (timm's crop_pct 0.875). Callers set clipping,
   stochastic depth and their model.
   """
   config.dataset = 'imagenet2012'
   config.train_split = 'train'
   config.eval_split = 'validation'
   config.image_size = 224
-  config.pp_train = ('inception_crop(area_min=8)|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
+  config.pp_train = ('random_resized_crop|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
                      'normalize("imagenet")|random_erasing(0.25)')
-  config.pp_eval = 'resize_small(256)|central_crop|normalize("imagenet")'
+  # PIL's bicubic, which filters when it shrinks (timm's Resize(256), crop_pct 0.875).
+  config.pp_eval = ('resize_small(256, method="bicubic", antialias=True)|central_crop|'
+                    'normalize("imagenet")')
   config.batch_size = 1024
   config.eval_batch_size = 1000
   config.num_epochs = 300.

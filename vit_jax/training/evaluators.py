@@ -63,8 +63,8 @@ class Accuracy:
     self.every = int(job.config.eval_every)
 
   def __call__(self, step: int, state: TrainState) -> dict[str, float]:
-    if self.ema:
-      state = state.replace(params=state.ema_params)
+    if self.ema:  # The averaged model as a whole: parameters and BatchNorm statistics.
+      state = state.replace(params=state.ema_params, model_state=state.ema_model_state)
     metrics = evaluate(self.job.eval_step, state, self.job.config, self.job.batch_sharding,
                        self.dataset)
     if self.ema:

@@ -57,15 +57,15 @@ def predict_lsr(probe: tuple[jax.Array, jax.Array, jax.Array], x: jax.Array) -> 
 
 
 def select_shots(labels: np.ndarray, shots: int, num_classes: int, seed: int = 0) -> np.ndarray:
-  """Indices of `shots` examples of each class, drawn in a seeded order.
+  """Indices of `shots` examples of each class, as big_vision's fewshot_lsr draws them.
 
   Raises:
     ValueError: a class with fewer than `shots` examples (naming it).
   """
-  order = np.random.default_rng(seed).permutation(len(labels))
+  rng = np.random.default_rng(seed)
   picked = []
   for c in range(num_classes):
-    of_class = order[labels[order] == c][:shots]
+    of_class = rng.permutation(np.where(labels == c)[0])[:shots]
     if len(of_class) < shots:
       raise ValueError(f'Class {c} has {len(of_class)} training examples, fewer than {shots} '
                        'shots; use a larger fewshot train split')
@@ -75,14 +75,21 @@ def select_shots(labels: np.ndarray, shots: int, num_classes: int, seed: int = 0
 
 def probe_accuracies(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                      num_classes: int, shots: Sequence[int] = DEFAULT_SHOTS,
-                     l2_reg: float = DEFAULT_L2_REG, seed: int = 0) -> dict[int, float]:
-  """n-shot accuracy for each n in `shots`, from (features, labels) of both splits."""
+                     l2_reg: float = DEFAULT_L2_REG, seed: int = 0,
+                     num_seeds: int = 1) -> dict[int, float]:
+  """n-shot accuracy for each n in `shots`, from (features, labels) of both splits.
+
+  With `num_seeds` > 1, the mean accuracy over the draws of seeds seed, seed + 1, ...
+  """
   (x_train, y_train), (x_test, y_test) = train, test
   results = {}
   for n in shots:
-    idx = select_shots(np.asarray(y_train), n, num_classes, seed)
-    probe = fit_lsr(x_train[idx], y_train[idx], num_classes, l2_reg)
-    results[n] = float(np.mean(np.asarray(predict_lsr(probe, x_test)) == np.asarray(y_test)))
+    accuracies = []
+    for s in range(seed, seed + num_seeds):
+      idx = select_shots(np.asarray(y_train), n, num_classes, s)
+      probe = fit_lsr(x_train[idx], y_train[idx], num_classes, l2_reg)
+      accuracies.append(np.mean(np.asarray(predict_lsr(probe, x_test)) == np.asarray(y_test)))
+    results[n] = float(np.mean(accuracies))
   return results
 
 
@@ -129,7 +136,8 @@ class Probe:
     train, test = (features(self.apply, variables, ds) for ds in self.datasets)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
     fs = self.config
-    accuracies = probe_accuracies(train, test, num_classes, tuple(fs.shots), fs.l2_reg, fs.seed)
+    accuracies = probe_accuracies(train, test, num_classes, tuple(fs.shots), fs.l2_reg, fs.seed,
+                                  int(fs.get('num_seeds', 1)))
     return {f'fewshot_{n}shot': acc for n, acc in accuracies.items()}
 
 

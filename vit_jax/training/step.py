@@ -35,6 +35,9 @@ class TrainState:
   rng: jax.Array  # Base key (raw uint32[2], storable by Orbax); step keys fold in the step.
   # Exponential moving average of `params` (config.ema_decay > 0), or None.
   ema_params: Any = None
+  # The same average of `model_state` (BatchNorm's running statistics), or None: timm's
+  # ModelEmaV3 averages the buffers with the parameters, so the EMA model is used as a whole.
+  ema_model_state: Any = None
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
@@ -185,14 +188,29 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     metrics['learning_rate'] = schedule(state.step)
     if weights is not None:
       metrics['skipped'] = jnp.sum(weights == 0)
-    ema_params = state.ema_params
+    ema_params, ema_model_state = state.ema_params, state.ema_model_state
     if ema_params is not None:
       ema_params = optax.incremental_update(params, ema_params, 1. - ema_decay)
+    if ema_model_state is not None:
+      ema_model_state = jax.tree.map(lambda new, old: ema_update(new, old, ema_decay),
+                                     model_state, ema_model_state)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state, ema_params=ema_params)
+                              model_state=model_state, ema_params=ema_params,
+                              ema_model_state=ema_model_state)
     return new_state, metrics
 
   return train_step
+
+
+def ema_update(new: jax.Array, old: jax.Array, decay: float) -> jax.Array:
+  """decay * old + (1 - decay) * new for floats; other leaves (counters) take the new value.
+
+  As timm's ModelEmaV3, which lerps the floating-point entries of the state dict and copies the
+  rest.
+  """
+  if not jnp.issubdtype(new.dtype, jnp.floating):
+    return new
+  return optax.incremental_update(new, old, 1. - decay)
 
 
 def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
@@ -268,8 +286,10 @@ def state_factory(config: ml_collections.ConfigDict, model: nn.Module,
       variables.update(given_state)
     # The average starts at the initial (or pre-trained) parameters, as in timm's ModelEmaV3.
     ema = jax.tree.map(jnp.copy, p) if config.get('ema_decay') else None
+    ema_state = jax.tree.map(jnp.copy, variables) if config.get('ema_decay') else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                      model_state=variables, rng=state_rng, ema_params=ema)
+                      model_state=variables, rng=state_rng, ema_params=ema,
+                      ema_model_state=ema_state)
 
   key = jax.eval_shape(lambda: seed_key(config))
   abstract = jax.eval_shape(make, key, params, model_state)

@@ -64,8 +64,10 @@ def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module,
       jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
                                ['params'])
   family = models.of_model(config.model_name)
-  params = family.load_pretrained(checkpoint.unflatten(file.params), init_params, model,
-                                  image_shape)
+  params = family.load_pretrained(
+      checkpoint.unflatten(file.params), init_params, model, image_shape,
+      posemb_resize=config.get('posemb_resize', 'zoom'),
+      resample_patch_embedding=bool(config.get('resample_patch_embedding', False)))
   logging.info('Loaded pre-trained parameters from %s (%s)', config.pretrained_path, file.format)
   shapes = models.init_shapes(model, image_shape[:2])
   wanted = {k: v for k, v in shapes.items() if k != 'params'}
@@ -248,10 +250,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
 
   if config.get('export_npz', True):
-    params, model_state, ema_params = jax.device_get(
-        sharding.gather((state.params, state.model_state, state.ema_params)))
+    params, model_state, ema_params, ema_model_state = jax.device_get(sharding.gather(
+        (state.params, state.model_state, state.ema_params, state.ema_model_state)))
     workdir_lib.export_final(workdir, params, model_state, ema_params,
-                             _model_card(config, num_classes, train_source))
+                             _model_card(config, num_classes, train_source), ema_model_state)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 

@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 
 def export_final(workdir: str, params: Any, model_state: Any, ema_params: Any | None,
-                 card: Mapping[str, Any]) -> None:
+                 card: Mapping[str, Any], ema_model_state: Any | None = None) -> None:
   """Writes `DIR/model.npz` (and `DIR/model_ema.npz` for a weight EMA) with their sidecars.
+
+  The EMA's sidecar `model_ema_state.npz` holds the averaged `ema_model_state` (BatchNorm
+  statistics) where given, else the live `model_state`.
 
   Call on every process with gathered host arrays; only process 0 writes.
   """
@@ -43,7 +46,8 @@ def export_final(workdir: str, params: Any, model_state: Any, ema_params: Any | 
   logging.info('Exported %s with its model card %s', path, card_lib.card_path_for(path))
   if ema_params is not None:
     ema_path = os.path.join(workdir, 'model_ema.npz')
-    card_lib.write_model(ema_path, ema_params, model_state, card)
+    card_lib.write_model(ema_path, ema_params,
+                         model_state if ema_model_state is None else ema_model_state, card)
     logging.info('Exported the weight EMA to %s', ema_path)
 
 

@@ -23,7 +23,8 @@ def _image_size(flat: family.FlatParams, model: nn.Module) -> tuple[int, int]:
 
 
 def _load_pretrained(params: Mapping[str, Any], init_params: Mapping[str, Any],
-                     model: nn.Module, image_shape: tuple[int, int, int]) -> Any:
+                     model: nn.Module, image_shape: tuple[int, int, int],
+                     **options: Any) -> Any:
   # Bias tables resized to the model's windows.
   return pretrained.load_pretrained_swin(params, init_params)
 

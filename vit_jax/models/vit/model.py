@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Optional
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,10 @@ from vit_jax.models.bit import model as bit_model
 
 Array = jax.Array
 Dtype = Any
+
+
+# (feature map, patch) pairs whose dropped remainder has been logged, to say it once.
+_REMAINDERS_LOGGED: set[tuple[tuple[int, int], tuple[int, int]]] = set()
 
 
 class LayerScale(nn.Module):
@@ -287,9 +292,13 @@ class VisionTransformer(nn.Module):
                                                **self.resnet)
 
     ph, pw = self.patches['size']
-    if x.shape[1] % ph or x.shape[2] % pw:
-      raise ValueError(f'Input feature map {x.shape[1:3]} is not divisible by the patch size '
-                       f'{(ph, pw)}')
+    remainder = (x.shape[1] % ph, x.shape[2] % pw)
+    if any(remainder) and (x.shape[1:3], (ph, pw)) not in _REMAINDERS_LOGGED:
+      # Dropped by the VALID patch convolution, as big_vision's and timm's models do (SigLIP
+      # So400m/14 runs at 384 px on a 27x27 grid).
+      _REMAINDERS_LOGGED.add((x.shape[1:3], (ph, pw)))
+      logging.info('Input feature map %s is not divisible by the patch size %s: the last %d rows '
+                   'and %d columns are dropped', x.shape[1:3], (ph, pw), *remainder)
     x = nn.Conv(self.hidden_size, (ph, pw), strides=(ph, pw), padding='VALID', dtype=dtype,
                 param_dtype=param_dtype, name='embedding')(x)
     n, h, w, c = x.shape

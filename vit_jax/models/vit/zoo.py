@@ -21,10 +21,13 @@ _WIDTHS = {
 # Zoo names of the original library: (variant, patch).
 _VIT_NAMES = (('Ti', 16), ('S', 16), ('S', 32), ('B', 16), ('B', 32), ('B', 8), ('L', 16),
               ('L', 32), ('H', 14))
+# The original's `configs/models.py` keeps dropout 0.1 for these (L/32, B/16, B/32 were set to 0:
+# "Sets do=0 for B/16, B/32, L/32"); every other entry, attention dropout included, has 0.
+_DROPOUT_0_1 = (('L', 16), ('H', 14))
 
 
 def vit_config(variant: str, patch: int, *, classifier: str = 'token',
-               name: str | None = None) -> ml_collections.ConfigDict:
+               name: str | None = None, dropout_rate: float = 0.0) -> ml_collections.ConfigDict:
   """A plain ViT config, e.g. `vit_config('B', 16)` is ViT-B/16."""
   if variant not in _WIDTHS:
     raise ValueError(f'Unknown ViT variant {variant!r}; expected one of {sorted(_WIDTHS)}')
@@ -38,7 +41,7 @@ def vit_config(variant: str, patch: int, *, classifier: str = 'token',
   config.transformer.num_heads = heads
   config.transformer.num_layers = layers
   config.transformer.attention_dropout_rate = 0.0
-  config.transformer.dropout_rate = 0.0
+  config.transformer.dropout_rate = dropout_rate
   config.classifier = classifier
   config.representation_size = None
   return config
@@ -48,11 +51,13 @@ def _zoo() -> dict[str, ml_collections.ConfigDict]:
   configs = {}
   for variant, patch in _VIT_NAMES:
     name = f'ViT-{variant}_{patch}'
-    configs[name] = vit_config(variant, patch)
-    configs[f'{name}-gap'] = vit_config(variant, patch, classifier='gap', name=f'{name}-gap')
+    dropout = 0.1 if (variant, patch) in _DROPOUT_0_1 else 0.0
+    configs[name] = vit_config(variant, patch, dropout_rate=dropout)
+    configs[f'{name}-gap'] = vit_config(variant, patch, classifier='gap', name=f'{name}-gap',
+                                        dropout_rate=dropout)
     # The original library's name for the same model ("no representation layer").
     configs[f'{name}-gap-norep'] = vit_config(variant, patch, classifier='gap',
-                                              name=f'{name}-gap-norep')
+                                              name=f'{name}-gap-norep', dropout_rate=dropout)
   # The CIFAR-10 baseline ViT: 4 layers, width 128, 4 heads, patch 4, MLP 512.
   baseline = vit_config('Ti', 4, name='ViT-CIFAR_4')
   baseline.hidden_size = 128
