@@ -47,6 +47,8 @@ def init_shapes(model: nn.Module, image_size: int | tuple[int, int]) -> dict[str
   """
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
-  dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, train=False))
+  # Abstract image and key (made under eval_shape): no array is created, so this also works
+  # with compile-only devices as the default.
+  image = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), image)
   return {k: v for k, v in shapes.items() if k != 'intermediates'}

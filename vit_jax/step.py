@@ -6,6 +6,7 @@ shardings of `vit_jax.sharding`; the benchmark compiles the same step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -237,18 +238,22 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   (e.g. its BatchNorm statistics) replaces the fresh collections of the same names.
   Returns (state, state_shardings). Parameters are created directly in their sharded layout.
   """
-  make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, params,
-                                             model_state)
-  state = jax.jit(make, out_shardings=shardings)(init_rng, params, model_state)
+  make, shardings = _state_factory(config, model, tx, mesh, image_shape, params, model_state)
+  state = jax.jit(make, out_shardings=shardings)(params, model_state)
   return state, shardings
 
 
 def _state_factory(config, model, tx, mesh, image_shape, params, model_state=None):
-  """(make(rng, params, model_state) -> TrainState, its init rng, the state's shardings)."""
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  """(make(params, model_state) -> TrainState, the state's shardings).
 
-  def make(rng, given_params, given_state):
+  Nothing is allocated here: the keys and the dummy image are made inside `make`, which only
+  runs traced (jit or eval_shape), so compile-only devices can take the abstract path.
+  """
+  seed = int(config.seed)
+
+  def make(given_params, given_state):
+    rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+    dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
     variables = flax.core.unfreeze(
         model.init({'params': rng, 'dropout': rng}, dummy, train=False))
     # Fresh parameters must never reach model_state: apply({'params': p, **model_state}) would
@@ -263,9 +268,71 @@ def _state_factory(config, model, tx, mesh, image_shape, params, model_state=Non
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       model_state=variables, rng=state_rng, ema_params=ema)
 
-  abstract = jax.eval_shape(make, init_rng, params, model_state)
+  abstract = jax.eval_shape(make, params, model_state)
   shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))
-  return make, init_rng, shardings
+  return make, shardings
+
+
+@dataclasses.dataclass
+class AbstractJob:
+  """The jitted train and eval steps of a config with abstract (shape-only) arguments.
+
+  Built by `abstract_job`; `train_args` / `eval_args` are `jax.ShapeDtypeStruct`s carrying their
+  shardings, so `train_step.lower(*train_args)` compiles for any mesh, compile-only devices too.
+  """
+  model: nn.Module
+  train_step: Any  # jax.jit-wrapped, as train_and_evaluate jits it.
+  eval_step: Any
+  train_args: tuple[Any, ...]
+  eval_args: tuple[Any, ...]
+  state: TrainState  # Abstract, with shardings.
+
+
+def image_shape_of(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(height, width, 3) of `config.image_size` (an int or a (height, width) pair)."""
+  size = config.image_size
+  return (size, size, 3) if isinstance(size, int) else tuple(size) + (3,)
+
+
+def abstract_job(config: ml_collections.ConfigDict, num_classes: int,
+                 mesh: jax.sharding.Mesh) -> AbstractJob:
+  """The train and eval steps of `config` on `mesh` exactly as train_and_evaluate jits them.
+
+  Same model, optimizer (accumulation included), state shardings, batch sharding, activation
+  rules and donation; the batches carry the input pipeline's 'mask'. No array is created, so
+  `mesh` may hold compile-only devices. Must be called, and lowered, under `jax.set_mesh(mesh)`.
+  Distillation (a teacher loaded from a file) is not covered.
+  """
+  model = create_model(config, num_classes)
+  image_shape = image_shape_of(config)
+  abstract_params = models.init_shapes(model, image_shape[:2])['params']
+  tx, schedule = optim.make_optimizer(config, abstract_params)
+  make, shardings = _state_factory(config, model, tx, mesh, image_shape, None)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       jax.eval_shape(make, None, None), shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  def batch(size):
+    return {'image': jax.ShapeDtypeStruct((size,) + image_shape, jnp.float32,
+                                          sharding=batch_sharding),
+            'label': jax.ShapeDtypeStruct((size,), jnp.int32, sharding=batch_sharding),
+            'mask': jax.ShapeDtypeStruct((size,), jnp.float32, sharding=batch_sharding)}
+
+  train_step = jax.jit(make_train_step(model, tx, schedule, config, mesh),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model, mesh, config), in_shardings=(shardings, batch_sharding),
+                      out_shardings=replicated)
+  return AbstractJob(model=model, train_step=train_step, eval_step=eval_step,
+                     train_args=(state, batch(int(config.batch_size))),
+                     eval_args=(state, batch(int(config.eval_batch_size))), state=state)
+
+
+def per_device_bytes(tree: Any) -> int:
+  """Bytes one device holds of a tree of sharded arrays or ShapeDtypeStructs."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
 
 
 def memory_analysis(config: ml_collections.ConfigDict, num_classes: int,
@@ -273,35 +340,16 @@ def memory_analysis(config: ml_collections.ConfigDict, num_classes: int,
   """Per-device bytes of the train step of `config` on `mesh`, without running it.
 
   Parameters and optimizer state are counted from their shardings; XLA's compiled memory
-  analysis gives the step's arguments, outputs and temporaries.
+  analysis gives the step's arguments, outputs and temporaries. The path is the one of
+  `vit_jax.aot` (`abstract_job`): nothing is allocated.
   """
-  model = create_model(config, num_classes)
-  size = config.image_size
-  image_shape = (size, size, 3) if isinstance(size, int) else tuple(size) + (3,)
   with jax.set_mesh(mesh):
-    abstract_params = models.init_shapes(model, image_shape[:2])['params']
-    tx, schedule = optim.make_optimizer(config, abstract_params)
-    make, init_rng, shardings = _state_factory(config, model, tx, mesh, image_shape, None)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            jax.eval_shape(make, init_rng, None, None), shardings)
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = {'image': jax.ShapeDtypeStruct((config.batch_size,) + image_shape, jnp.float32,
-                                           sharding=batch_sharding),
-             'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
-                                           sharding=batch_sharding)}
-    step = jax.jit(make_train_step(model, tx, schedule, config, mesh),
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    compiled = step.lower(abstract, batch).compile()
-
-  def per_device(tree):
-    return sum(math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
-               for x in jax.tree.leaves(tree))
-
+    job = abstract_job(config, num_classes, mesh)
+    compiled = job.train_step.lower(*job.train_args).compile()
   stats = compiled.memory_analysis()
   return {
-      'params_bytes': per_device(abstract.params),
-      'opt_state_bytes': per_device(abstract.opt_state),
+      'params_bytes': per_device_bytes(job.state.params),
+      'opt_state_bytes': per_device_bytes(job.state.opt_state),
       'argument_bytes': stats.argument_size_in_bytes,
       'output_bytes': stats.output_size_in_bytes,
       'temp_bytes': stats.temp_size_in_bytes,
