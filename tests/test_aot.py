@@ -195,3 +195,22 @@ def test_gpu_node_uses_cudnn_flash_attention_in_bfloat16_only(dtype, fused):
   assert (report.eval_step['fused_attention_kernels']['forward'] >= 1) == fused
   assert kernels['total'] == 0 or fused
   assert report.estimated_step_seconds is None and 'GPU' in report.estimate_note
+
+
+@needs_tpu
+def test_accumulated_gradients_are_reduced_once_per_step_not_per_micro_batch():
+  report = compile_job.compile_for_target(tiny(accum_steps=4), 'v5e-8', with_eval=False,
+                                          count_flops=False)
+  gradient_bytes = report.per_device_bytes['params']  # Replicated: one whole gradient.
+  all_reduce = report.collectives['all-reduce']
+  assert report.while_loops == [4]
+  # One gradient's worth per step (plus scalar metrics), where reducing in the loop moved four.
+  assert gradient_bytes <= all_reduce['bytes_per_step'] < 1.5 * gradient_bytes
+
+
+@needs_cuda
+def test_fsdp_all_gathers_parameters_and_reduce_scatters_gradients():
+  report = compile_job.compile_for_target(tiny(sharding_rules=(('.*', 'fsdp:data:1'),)),
+                                          'h100-8', with_eval=False, count_flops=False)
+  assert report.collectives['all-gather']['ops'] >= 1
+  assert report.collectives['reduce-scatter']['ops'] >= 1

@@ -132,6 +132,9 @@ def fit(config: ml_collections.ConfigDict, target_name: str, max_compiles: int =
                                               with_eval=False, count_flops=False)
       compiles += 1
       last = report
+      print(f'[fit]   fits {report.fits}, per device {_need(report) or 0:,} bytes, compiled in '
+            f'{report.compile_seconds:.0f} s' + ('' if report.fits else
+                                                 f': {report.oom_message}'), file=log, flush=True)
       if report.fits:
         print(f'[fit] fits: {overrides or "as configured"}', file=log, flush=True)
         report.overrides = overrides

@@ -148,6 +148,9 @@ def devices(target: Target) -> list[Any]:
   require_extra(target)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   if target.platform == 'tpu':
+    # libtpu locks /tmp/libtpu_lockfile against a second process on the same TPU; compile-only
+    # topologies touch no TPU, so parallel compiles (pytest -n, a sweep) may share the machine.
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     prefix, cores, _ = _TPUS[target.family]
     shape = (_SHAPES_3D if cores == 2 else _SHAPES_2D)[target.per_slice]
     # Full cubes and 16-chip rings are tori; megacore (one device per chip) on v4 and v5p.
