@@ -138,9 +138,13 @@ def fit(config: ml_collections.ConfigDict, target_name: str, max_compiles: int =
       if report.fits:
         print(f'[fit] fits: {overrides or "as configured"}', file=log, flush=True)
         report.overrides = overrides
-        if with_eval:  # The search skipped these; the train step needs no second compile.
-          report.eval_step, report.flops_per_step = compile_job.eval_and_flops(
-              apply(config, overrides), target_name)
+        # The search skipped these; the train step needs no second compile.
+        chosen = apply(config, overrides)
+        if with_eval:
+          report.eval_step, report.flops_per_step = compile_job.eval_and_flops(chosen, target_name)
+        else:
+          report.flops_per_step = compile_job.xla_step_flops(chosen,
+                                                             compile_job.num_classes_of(chosen))
         return report
       available = _available(report)
       need = _need(report)
