@@ -26,7 +26,7 @@ FLOORS: dict[str, frozenset[str]] = {
     'training': _BELOW_TRAINING,
     'tools': _BELOW_TRAINING | {'tools'},
     'benchmarking': _BELOW_TRAINING | {'benchmarking'},
-    'aot': _BELOW_TRAINING | {'aot'},
+    'aot': _BELOW_TRAINING | {'aot', 'benchmarking'},  # compiles the job, counts its FLOPs
     '': _BELOW_TRAINING,  # `vit_jax.main`, the training CLI, and the package itself.
 }
 

@@ -8,9 +8,12 @@ those of the released files.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,28 +41,97 @@ def check_stage_depths(num_layers: Sequence[int], what: str, allow_empty: bool =
                      f'one unit per stage, got num_layers={tuple(num_layers)}')
 
 
+# The platform attention is traced for: None means the default backend. `vit_jax.aot` sets it
+# while compiling for a GPU from a machine without one, so the program is the one a GPU runs.
+_ATTENTION_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    'attention_platform', default=None)
+# cuDNN flash attention takes tokens padded to this multiple (197 -> 200 for ViT-B/16 at 224):
+# an even count keeps it clear of cuDNN's odd-length refusals and tensor-core tiles like it.
+CUDNN_TOKEN_MULTIPLE = 8
+CUDNN_MAX_HEAD_DIM = 128  # 256 on Hopper and later; 128 holds on every GPU cuDNN fuses for.
+
+
+@contextlib.contextmanager
+def attention_platform(platform: str | None) -> Iterator[None]:
+  """Traces `attention_fn` as on `platform` ('gpu', 'tpu', 'cpu'), whatever the backend."""
+  token = _ATTENTION_PLATFORM.set(platform)
+  try:
+    yield
+  finally:
+    _ATTENTION_PLATFORM.reset(token)
+
+
+def cudnn_refusal(query: Array, key: Array, bias: Optional[Array], mask: Optional[Array],
+                  platform: str) -> str | None:
+  """Why cuDNN flash attention cannot take these inputs, or None when it can."""
+  if platform != 'gpu':
+    return f'no cuDNN on {platform}'
+  if query.dtype not in (jnp.bfloat16, jnp.float16):
+    return f'cuDNN flash attention needs bfloat16 or float16, not {query.dtype}'
+  head_dim = query.shape[-1]
+  if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+    return f'head dimension {head_dim} is not a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}'
+  if bias is not None or mask is not None:
+    return 'an attention bias or mask (e.g. relative positions) is not padded for cuDNN'
+  if query.shape[1] != key.shape[1]:
+    return 'queries and keys of different lengths'
+  return None
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback(reason: str) -> None:
+  logging.info('Attention on GPU uses XLA, not cuDNN flash attention: %s', reason)
+
+
+def padded_attention(query: Array, key: Array, value: Array, implementation: str | None = None,
+                     multiple: int = CUDNN_TOKEN_MULTIPLE) -> Array:
+  """Attention over [batch, tokens, heads, head_dim] with tokens padded to `multiple`.
+
+  The padded keys are masked out (`key_value_seq_lengths`) and the padded queries dropped, so
+  the result is the unpadded attention's; cuDNN sees a token count it takes.
+  """
+  tokens = key.shape[1]
+  padded = -(-tokens // multiple) * multiple
+  if padded != tokens:
+    pad = ((0, 0), (0, padded - tokens), (0, 0), (0, 0))
+    query, key, value = (jnp.pad(t, pad) for t in (query, key, value))
+  lengths = jnp.full((key.shape[0],), tokens, jnp.int32)
+  out = jax.nn.dot_product_attention(query, key, value, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :tokens]
+
+
 def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
                  mask: Optional[Array] = None, broadcast_dropout: bool = True,
                  dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
                  deterministic: bool = False, dtype: Optional[Dtype] = None,
                  precision: Any = None, module: Optional[nn.Module] = None) -> Array:
-  """Scaled dot-product attention that uses the fused kernel whenever it can.
+  """Scaled dot-product attention that uses a fused kernel where one exists.
 
-  `jax.nn.dot_product_attention` picks cuDNN flash attention on GPUs; it has neither attention
-  dropout nor a way to return the weights, so those two cases (training with attention dropout,
-  and `sow_weights=True` for attention maps) take flax's explicit softmax path. So does training
-  on CPUs: XLA has no fused kernel there, and the backward pass of its generic lowering is
-  slower than that of the explicit einsum-softmax-einsum, while its forward is faster
-  (BENCHMARKS.md). The two agree to float32 rounding.
+  On GPUs, bfloat16/float16 inputs with a head dimension cuDNN takes run cuDNN flash attention
+  (`implementation='cudnn'`, tokens padded by `padded_attention`), in training and evaluation;
+  otherwise XLA's attention, with the reason logged once. `jax.nn.dot_product_attention` does
+  not pick cuDNN by itself (its default is XLA's attention). It has neither attention dropout
+  nor a way to return the weights, so those two cases (training with attention dropout, and
+  `sow_weights=True` for attention maps) take flax's explicit softmax path. So does training on
+  CPUs: XLA has no fused kernel there, and the backward pass of its generic lowering is slower
+  than that of the explicit einsum-softmax-einsum, while its forward is faster (BENCHMARKS.md).
+  The paths agree to float32 rounding.
   """
+  platform = _ATTENTION_PLATFORM.get() or jax.default_backend()
   if (module is not None or (dropout_rate > 0. and not deterministic)
-      or (not deterministic and jax.default_backend() == 'cpu')):
+      or (not deterministic and platform == 'cpu')):
     return nn.dot_product_attention(
         query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
         dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
         dtype=dtype, precision=precision, module=module)
   if dtype is not None:
     query, key, value = (t.astype(dtype) for t in (query, key, value))
+  reason = cudnn_refusal(query, key, bias, mask, platform)
+  if reason is None:
+    return padded_attention(query, key, value, implementation='cudnn')
+  if platform == 'gpu':
+    _log_fallback(reason)
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -31,8 +32,9 @@ def lr_schedule(config: Any, total_steps: int) -> optax.Schedule:
   if decay not in ('cosine', 'linear', 'constant', 'piecewise'):
     raise ValueError(f"Unknown config.lr.decay_type {decay!r}; expected 'cosine', 'linear', "
                      "'constant' or 'piecewise'")
-  boundaries = jnp.asarray(config.get('boundaries', ()) or [0], jnp.float32)
-  scales = jnp.asarray(config.get('scales', ()) or [1.], jnp.float32)
+  # numpy, not jnp: building a schedule must allocate nothing (compile-only devices, vit_jax.aot).
+  boundaries = np.asarray(config.get('boundaries', ()) or [0], np.float32)
+  scales = np.asarray(config.get('scales', ()) or [1.], np.float32)
   if decay == 'piecewise' and len(config.get('boundaries', ())) != len(config.get('scales', ())):
     raise ValueError('config.lr.boundaries and config.lr.scales must have the same length')
 

@@ -86,7 +86,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
                     mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """The (un-jitted) train step: `accum_steps` micro-batches through `tx`, one optimizer step.
+  """The (un-jitted) train step: `accum_steps` micro-batches, one optimizer step.
+
+  With `accum_steps` > 1, `tx` is `optim.make_optimizer`'s `optax.MultiSteps`: the step sums
+  the micro-batches' gradients and applies its inner optimizer once to their mean (MultiSteps's
+  state keeps its layout; its accumulator stays zero).
 
   A batch's optional 'mask' marks the examples the input pipeline could not decode (0): they
   weigh nothing in the loss, the accuracy or (with `accum_steps`) their micro-batch's mean, and
@@ -137,8 +141,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   ema_decay = float(config.get('ema_decay') or 0.)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
-    def micro_step(carry, xs):
-      params, opt_state, model_state = carry
+    def forward_backward(params, model_state, xs):
       images, labels, weights, rng = xs
       mix_rng, dropout_rng = jax.random.split(rng)
       if weights is not None:
@@ -155,36 +158,43 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
               teacher.apply(teacher_variables, images, train=False))
       (loss, (accuracy, model_state)), grads = grad_fn(
           params, model_state, images, targets, labels, weights, teacher_logits, dropout_rng)
-      if accum > 1:
-        # The running mean that optax.MultiSteps keeps; after the last micro-batch it is the
-        # averaged gradient that clipping sees, so its norm is the one to log.
-        i = opt_state.mini_step
-        mean_grads = jax.tree.map(lambda g, a: (g + i * a) / (i + 1), grads, opt_state.acc_grads)
-      else:
-        mean_grads = grads
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(mean_grads)}
-      return (params, opt_state, model_state), metrics
+      return grads, model_state, {'loss': loss, 'accuracy': accuracy}
 
     step_rng = jax.random.fold_in(state.rng, state.step)
     images, labels, weights = batch['image'], batch['label'], batch.get('mask')
-    carry = (state.params, state.opt_state, state.model_state)
+    params, opt_state = state.params, state.opt_state
     if accum == 1:
-      carry, metrics = micro_step(carry, (images, labels, weights, step_rng))
+      grads, model_state, metrics = forward_backward(
+          params, state.model_state, (images, labels, weights, step_rng))
+      updates, opt_state = tx.update(grads, opt_state, params)
     else:
       # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
       # holds rows of every micro-batch, so all devices work in every micro-step.
       def split(x):
         x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
         return jnp.swapaxes(x, 0, 1)
-      rngs = jax.random.split(step_rng, accum)
-      carry, metrics = jax.lax.scan(micro_step, carry, (
-          split(images), split(labels), None if weights is None else split(weights), rngs))
-      grad_norm = metrics.pop('grad_norm')[-1]
+
+      def micro_step(carry, xs):
+        grad_sum, model_state = carry
+        grads, model_state, metrics = forward_backward(params, model_state, xs)
+        return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
+
+      # The loop only sums gradients, so XLA can reduce them across devices once, after it,
+      # rather than once per micro-batch; the optimizer (optax.MultiSteps's inner one) then runs
+      # once on the mean, where MultiSteps.update would run it on every micro-batch.
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grad_sum, model_state), metrics = jax.lax.scan(
+          micro_step, (zeros, state.model_state),
+          (split(images), split(labels), None if weights is None else split(weights),
+           jax.random.split(step_rng, accum)))
+      grads = jax.tree.map(lambda g: g / accum, grad_sum)
       metrics = jax.tree.map(jnp.mean, metrics)
-      metrics['grad_norm'] = grad_norm
-    params, opt_state, model_state = carry
+      updates, inner_state = tx.inner_opt.update(grads, opt_state.inner_opt_state, params)
+      opt_state = opt_state._replace(inner_opt_state=inner_state,
+                                     gradient_step=opt_state.gradient_step + 1)
+    # The averaged gradient is what clipping sees, so its norm is the one to log.
+    metrics['grad_norm'] = optax.global_norm(grads)
+    params = optax.apply_updates(params, updates)
     metrics['learning_rate'] = schedule(state.step)
     if weights is not None:
       metrics['skipped'] = jnp.sum(weights == 0)

@@ -1,0 +1,216 @@
+"""Ahead-of-time compilation for targets that are not attached (vit_jax.aot).
+
+The compile tests need libtpu (extra `tpu`) or the CUDA plugin (extra `cuda`) and skip without
+them; .ci/run installs both into a second environment and runs this file there with
+JAX_PLATFORMS=cpu. The parsing, HLO-reading and padded-attention tests run everywhere.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tiny_config
+from vit_jax.aot import compile_job
+from vit_jax.aot import fit as fit_lib
+from vit_jax.aot import hlo
+from vit_jax.aot import targets
+from vit_jax.models import layers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _has(module):
+  try:
+    return importlib.util.find_spec(module) is not None
+  except ModuleNotFoundError:
+    return False
+
+
+needs_tpu = pytest.mark.skipif(not _has('libtpu'), reason='libtpu absent: pip install -e ".[tpu]"')
+needs_cuda = pytest.mark.skipif(not _has('jax_plugins.xla_cuda12'),
+                                reason='CUDA plugin absent: pip install -e ".[cuda]"')
+
+
+def tiny(**overrides):
+  """The tests' 1-layer ViT, no dropout (cuDNN's fused kernel has none), with overrides."""
+  config = tiny_config.get_config()
+  config.model.transformer.dropout_rate = 0.
+  config.batch_size = 64
+  return fit_lib.apply(config, overrides)
+
+
+# -- Everywhere --------------------------------------------------------------------------------
+
+def test_target_names_count_cores_or_chips_as_cloud_does():
+  assert targets.parse('v4-32') == targets.Target('v4-32', 'tpu', 'v4', 16, 1)
+  assert targets.parse('v5p-128').num_devices == 64
+  assert targets.parse('v5e-8').num_devices == 8
+  assert targets.parse('v5e-256x2').num_devices == 512
+  assert targets.parse('h100-8x4') == targets.Target('h100-8x4', 'gpu', 'h100', 8, 4)
+  assert targets.gpu_memory_bytes('h200') > targets.gpu_memory_bytes('h100')
+  for bad in ('v4-3', 'v5e-12', 'tpu-8', 'h100'):
+    with pytest.raises(ValueError):
+      targets.parse(bad)
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)
+  with pytest.raises(targets.MissingExtraError, match=r'pip install -e "\.\[tpu\]"'):
+    targets.devices(targets.parse('v5e-8'))
+  with pytest.raises(targets.MissingExtraError, match=r'pip install -e "\.\[cuda\]"'):
+    targets.devices(targets.parse('h100-8'))
+
+
+HLO = """HloModule jit_train_step
+
+%body.1 (p: (s32[], f32[1024])) -> (s32[], f32[1024]) {
+  %ar = f32[1024]{0} all-reduce(%x), channel_id=1, to_apply=%add
+  %inner = (s32[], f32[8]) while(%t), condition=%cond.2, body=%body.2, backend_config={"known_trip_count":{"n":"12"}}
+}
+
+%body.2 (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %ag = (bf16[4], bf16[32], u32[], u32[]) all-gather-start(%y), channel_id=2
+}
+
+%cond.1 (p: (s32[], f32[1024])) -> pred[] {
+  %c = s32[] constant(4)
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+ENTRY %main (a: f32[1024]) -> f32[1024] {
+  %w = (s32[], f32[1024]) while(%t), condition=%cond.1, body=%body.1
+  %rs = f32[256]{0} reduce-scatter(%a), channel_id=3, to_apply=%add
+  %fa = (bf16[2,4,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmax"
+  %fb = (bf16[2,4,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %k, %v), custom_call_target="__cudnn$fmhaSoftmaxBackward"
+}
+"""
+
+
+def test_hlo_reader_counts_collectives_in_and_out_of_the_accumulation_loop():
+  found = hlo.analyze(HLO, accum_steps=4)
+  c = found['collectives']
+  # The all-reduce runs once per micro-batch, the all-gather 12 times in each.
+  assert c['all-reduce'] == {'ops': 1, 'ops_in_accumulation_loop': 1, 'runs_per_step': 4,
+                             'bytes_per_step': 4 * 4096}
+  assert c['all-gather'] == {'ops': 1, 'ops_in_accumulation_loop': 1, 'runs_per_step': 48,
+                             'bytes_per_step': 48 * 64}
+  assert c['reduce-scatter'] == {'ops': 1, 'ops_in_accumulation_loop': 0, 'runs_per_step': 1,
+                                 'bytes_per_step': 1024}
+  assert found['fused_attention_kernels'] == {'forward': 1, 'backward': 1, 'total': 2}
+  assert found['while_loops'] == [4, 12]
+  # Without accumulation the same loop is not the accumulation loop.
+  assert hlo.analyze(HLO)['collectives']['all-reduce']['ops_in_accumulation_loop'] == 0
+
+
+@pytest.mark.parametrize('tokens', [197, 5])
+def test_padded_attention_equals_unpadded_values_and_gradients(tokens):
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, tokens, 3, 16)), jnp.float32) for _ in range(3))
+
+  def loss(fn, q, k, v):
+    return jnp.sum(jnp.sin(fn(q, k, v)))
+
+  def plain(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, implementation='xla')
+
+  def padded(q, k, v):
+    return layers.padded_attention(q, k, v, implementation='xla')
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda *x: loss(fn, *x), argnums=(0, 1, 2)))(q, k, v)
+
+  np.testing.assert_allclose(jax.jit(padded)(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
+  for a, b in zip(grads(padded), grads(plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_cudnn_is_chosen_only_where_its_constraints_hold():
+  bf16 = jnp.zeros((2, 197, 12, 64), jnp.bfloat16)
+  assert layers.cudnn_refusal(bf16, bf16, None, None, 'gpu') is None
+  assert 'bfloat16' in layers.cudnn_refusal(bf16.astype(jnp.float32), bf16, None, None, 'gpu')
+  assert 'head dimension' in layers.cudnn_refusal(bf16[..., :60], bf16, None, None, 'gpu')
+  assert layers.cudnn_refusal(bf16, bf16, jnp.zeros((1, 12, 197, 197)), None, 'gpu')
+  assert layers.cudnn_refusal(bf16, bf16, None, None, 'tpu')
+
+
+# -- With the extras ---------------------------------------------------------------------------
+
+@needs_tpu
+def test_cli_report_for_a_tpu_slice(tmp_path):
+  out = tmp_path / 'report.json'
+  run = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.aot', f'--config={REPO}/tests/tiny_config.py',
+       '--target=v5e-8', '--config.batch_size=64', f'--json={out}'],
+      capture_output=True, text=True, timeout=600, cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'fits: True' in run.stdout
+  report = json.loads(out.read_text())
+  assert report['target'] == 'v5e-8' and report['devices'] == 8
+  assert report['device_kind'] == 'TPU v5 lite'
+  assert report['device_memory_bytes'] == 16 * 2**30
+  assert report['fits'] is True and report['oom_message'] is None
+  b = report['per_device_bytes']
+  assert 0 < b['params'] < b['optimizer'] < b['total'] < 2**30
+  # One optimizer step of 64 images: XLA's count and the analytic matmul count agree roughly.
+  assert 0.8 < report['flops_per_step'] / report['model_flops_per_step'] < 1.5
+  assert report['estimated_step_seconds'] > 0 and 0 < report['estimated_mfu'] <= 1
+  assert report['collectives']['all-reduce']['ops'] >= 1
+  assert report['fused_attention_kernels']['total'] == 0
+  assert report['eval_step']['fits'] is True and report['compile_seconds'] > 0
+
+
+@needs_cuda
+def test_fit_finds_a_variant_for_a_batch_that_does_not_fit(monkeypatch):
+  # A GPU step fits what JAX preallocates (XLA_PYTHON_CLIENT_MEM_FRACTION of the memory); a
+  # small fraction makes the tiny model's batch too large without a big compile.
+  usable = 230 * 2**20
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION',
+                     str(usable / targets.gpu_memory_bytes('h100')))
+  config = tiny(batch_size=4096)
+  report = compile_job.compile_for_target(config, 'h100-1', with_eval=False, count_flops=False)
+  assert not report.fits and 'preallocates' in report.oom_message
+  assert report.per_device_bytes['total'] > usable
+  fitted = fit_lib.fit(config, 'h100-1', with_eval=False)
+  assert fitted.fits and fitted.oom_message is None and fitted.overrides
+  assert fitted.per_device_bytes['total'] <= usable
+  assert fitted.config['accum_steps'] == fitted.overrides.get('accum_steps', 1)
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype,fused', [('bfloat16', True), ('float32', False)])
+def test_gpu_node_uses_cudnn_flash_attention_in_bfloat16_only(dtype, fused):
+  report = compile_job.compile_for_target(tiny(**{'model.dtype': dtype}), 'h100-8',
+                                          count_flops=False)
+  assert report.fits and report.device_kind == 'NVIDIA H100 80GB HBM3'
+  kernels = report.fused_attention_kernels
+  assert (kernels['forward'] >= 1 and kernels['backward'] >= 1) == fused
+  assert (report.eval_step['fused_attention_kernels']['forward'] >= 1) == fused
+  assert kernels['total'] == 0 or fused
+  assert report.estimated_step_seconds is None and 'GPU' in report.estimate_note
+
+
+@needs_tpu
+def test_accumulated_gradients_are_reduced_once_per_step_not_per_micro_batch():
+  report = compile_job.compile_for_target(tiny(accum_steps=4), 'v5e-8', with_eval=False,
+                                          count_flops=False)
+  gradient_bytes = report.per_device_bytes['params']  # Replicated: one whole gradient.
+  all_reduce = report.collectives['all-reduce']
+  assert report.while_loops == [4]
+  # One gradient's worth per step (plus scalar metrics), where reducing in the loop moved four.
+  assert gradient_bytes <= all_reduce['bytes_per_step'] < 1.5 * gradient_bytes
+
+
+@needs_cuda
+def test_fsdp_all_gathers_parameters_and_reduce_scatters_gradients():
+  report = compile_job.compile_for_target(tiny(sharding_rules=(('.*', 'fsdp:data:1'),)),
+                                          'h100-8', with_eval=False, count_flops=False)
+  assert report.collectives['all-gather']['ops'] >= 1
+  assert report.collectives['reduce-scatter']['ops'] >= 1

@@ -1,0 +1,274 @@
+"""Compiles a config's real train and eval steps for a named target and reports on them.
+
+`compile_for_target(config, 'v5e-8')` builds the job with `training.job.build` (what
+`train_and_evaluate` runs and `Job.memory_analysis` compiles), lowers its steps with abstract,
+sharded arguments onto the target's compile-only devices and reads XLA's memory analysis, cost
+analysis and optimized HLO. Nothing is allocated and no accelerator is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import time
+from typing import Any, Iterator
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from vit_jax.aot import hlo
+from vit_jax.aot import targets
+from vit_jax.benchmarking import flops as flops_lib
+from vit_jax.data import labels
+from vit_jax.models import layers
+from vit_jax.training import job as job_lib
+from vit_jax.training import sharding
+
+_UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+@dataclasses.dataclass
+class Report:
+  """What compiling one config for one target found (all memory figures per device)."""
+  target: str
+  devices: int
+  device_kind: str
+  device_memory_bytes: int
+  usable_memory_bytes: int | None  # GPUs: JAX's default preallocation; TPUs: XLA's own check.
+  fits: bool
+  per_device_bytes: dict[str, int | None]  # params, optimizer, temporaries, total.
+  oom_message: str | None
+  flops_per_step: float | None  # XLA's count, whole optimizer step (all micro-batches), global.
+  model_flops_per_step: float | None  # Analytic: 3 x forward matmul FLOPs x batch (ViTs).
+  estimated_step_seconds: float | None
+  estimated_mfu: float | None
+  estimate_note: str | None  # Why there is no estimate, or what it rests on.
+  collectives: dict[str, dict[str, int]]
+  fused_attention_kernels: dict[str, int]
+  while_loops: list[int]
+  compile_seconds: float
+  eval_step: dict[str, Any] | None
+  config: dict[str, Any]  # The fields that shape the program (batch, dtype, accum, remat ...).
+  attention: str = 'auto'  # 'xla': cuDNN flash attention was ruled out (for comparison).
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  executable_path: str | None = None
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, default=str)
+
+
+def num_classes_of(config: ml_collections.ConfigDict) -> int:
+  """`config.num_classes`, else the dataset's class count (the data need not be present)."""
+  if config.get('num_classes'):
+    return int(config.num_classes)
+  if config.get('dataset') in labels.DATASETS:
+    return labels.DATASETS[config.dataset][1]
+  raise ValueError(f'Unknown class count of dataset {config.get("dataset")!r}: set '
+                   '--config.num_classes')
+
+
+def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config fields that decide the compiled program's size."""
+  model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
+  transformer = model.get('transformer') or {}
+  return {'model_name': config.model_name, 'image_size': config.image_size,
+          'batch_size': int(config.batch_size), 'eval_batch_size': int(config.eval_batch_size),
+          'accum_steps': int(config.get('accum_steps', 1)), 'dtype': model.get('dtype', 'float32'),
+          'remat': bool(transformer.get('remat', False)), 'scan': bool(transformer.get('scan', False)),
+          'mesh': [list(a) for a in config.mesh],
+          'sharding_rules': [list(r) for r in config.get('sharding_rules', ())]}
+
+
+def _hlo_bytes(message: str, what: str) -> int | None:
+  m = re.search(what + r'\s*\(([\d.]+)([KMGT])\)', message)
+  return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def _oom_text(error: Exception) -> str | None:
+  """The compiler's out-of-memory message, or None when `error` is something else."""
+  text = str(error)
+  if 'RESOURCE_EXHAUSTED' not in text and 'exceeds available' not in text:
+    return None
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return ' '.join(lines[:3])[:1000]
+
+
+@contextlib.contextmanager
+def _platform(target: targets.Target, attention: str = 'auto') -> Iterator[None]:
+  """Traces the model as it would be traced on the target (attention kernel choice).
+
+  attention='xla' traces for a platform named 'xla', which has no cuDNN: XLA's attention
+  everywhere, to compare against the fused kernels.
+  """
+  if attention not in ('auto', 'xla'):
+    raise ValueError(f"attention must be 'auto' or 'xla', got {attention!r}")
+  with layers.attention_platform(target.platform if attention == 'auto' else 'xla'):
+    yield
+
+
+def model_flops(config: ml_collections.ConfigDict, model: Any, num_classes: int) -> float | None:
+  """3 x the analytic forward FLOPs x batch: the matmul work of one optimizer step (ViTs)."""
+  fields = ('transformer', 'patches', 'hidden_size', 'classifier', 'representation_size',
+            'resnet')
+  spec = ml_collections.ConfigDict({k: getattr(model, k) for k in fields if hasattr(model, k)})
+  size = config.image_size
+  forward = flops_lib.vit_forward_flops(spec, num_classes, size if isinstance(size, int)
+                                        else size[0])
+  return None if forward is None else 3. * forward * int(config.batch_size)
+
+
+def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float | None:
+  """XLA's HLO cost analysis of the whole step as one loop-free program (on the host CPU).
+
+  Loops are counted once by XLA, so the step is lowered with one micro-batch of the full batch
+  and unscanned layers: the same arithmetic, remat's recomputation included.
+  """
+  flat = ml_collections.ConfigDict(config.to_dict())
+  flat.accum_steps = 1
+  if 'transformer' in flat.model:
+    flat.model.transformer.scan = False
+  cpu = jax.local_devices(backend='cpu')[:1]
+  names = tuple(str(name) for name, _ in config.mesh)
+  mesh = jax.sharding.Mesh(np.array(cpu).reshape((1,) * len(names)), names)
+  with jax.set_mesh(mesh):
+    job = job_lib.build(flat, num_classes, mesh)
+    analysis = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None).cost_analysis()
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
+
+
+def _estimate(target: targets.Target, compiled: Any, analysis: dict[str, Any],
+              model_flops_: float | None, device: Any) -> tuple[float | None, float | None, str]:
+  if target.platform != 'tpu':
+    return None, None, 'XLA has no cost model for GPU targets compiled without a GPU'
+  if analysis['while_loops']:
+    return None, None, (f'the program has loops (trip counts {analysis["while_loops"]}: gradient '
+                        'accumulation or layer scan); XLA\'s cost model counts a loop body once')
+  costs = compiled.cost_analysis()
+  costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+  seconds = float((costs or {}).get('optimal_seconds', -1.))
+  if seconds <= 0:
+    return None, None, f'XLA\'s optimal_seconds is {seconds}, not a usable estimate'
+  peak = targets.peak_flops(device)
+  mfu = (model_flops_ / (target.num_devices * peak * seconds)
+         if model_flops_ and peak else None)
+  return seconds, mfu, 'XLA TPU cost model (optimal_seconds): a compiler estimate, not a timing'
+
+
+def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
+                       with_eval: bool = True, executable_path: str | None = None,
+                       count_flops: bool = True, attention: str = 'auto') -> Report:
+  """Compiles `config`'s train (and eval) step for `target_name`; returns the `Report`.
+
+  Args:
+    config: an experiment config (as `--config` loads it).
+    target_name: e.g. 'v5e-8', 'v4-32', 'h100-8', 'h200-8x2' (see `vit_jax.aot.targets`).
+    with_eval: also compile the eval step (`Report.eval_step`).
+    executable_path: where to write the serialized train executable (when it compiled).
+    count_flops: also lower the step on the host CPU for XLA's whole-step FLOP count.
+    attention: 'auto' (cuDNN flash attention where a GPU takes it) or 'xla' (never cuDNN).
+
+  Raises:
+    targets.MissingExtraError: the target's extra (libtpu or the CUDA plugin) is not installed.
+  """
+  target = targets.parse(target_name)
+  devices = targets.devices(target)
+  num_classes = num_classes_of(config)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  options = targets.GPU_COMPILER_OPTIONS if target.platform == 'gpu' else None
+  accum = int(config.get('accum_steps', 1))
+  usable = targets.usable_memory_bytes(target)
+  with _platform(target, attention), jax.set_mesh(mesh):
+    job = job_lib.build(config, num_classes, mesh)
+    start = time.time()
+    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None)
+    compiled, oom = None, None
+    try:
+      compiled = lowered.compile(compiler_options=options)
+    except jax.errors.JaxRuntimeError as e:
+      oom = _oom_text(e)
+      if oom is None:
+        raise
+    compile_seconds = time.time() - start
+    eval_report = _compile_eval(job, options, usable) if with_eval else None
+  state = job.abstract_state()
+  per_device = {'params': job_lib.per_device_bytes(state.params),
+                'optimizer': job_lib.per_device_bytes(state.opt_state)}
+  if compiled is not None:
+    stats = compiled.memory_analysis()
+    per_device['temporaries'] = int(stats.temp_size_in_bytes)
+    per_device['total'] = flops_lib.peak_bytes(compiled)
+    analysis = hlo.analyze(compiled.as_text(), accum)
+    fits = usable is None or per_device['total'] <= usable
+    if not fits:
+      oom = (f'needs {per_device["total"] / 2**30:.2f} GiB per device, more than the '
+             f'{usable / 2**30:.2f} GiB a JAX process preallocates on {devices[0].device_kind}')
+  else:
+    per_device['temporaries'] = _hlo_bytes(oom, 'HLO temporaries')
+    per_device['total'] = None
+    analysis = {'collectives': {}, 'fused_attention_kernels': {}, 'while_loops': []}
+    fits = False
+  analytic = model_flops(config, job.model, num_classes)
+  seconds, mfu, note = (_estimate(target, compiled, analysis, analytic, devices[0])
+                        if compiled is not None else (None, None, 'did not compile (memory)'))
+  if compiled is None or not executable_path or not _save_executable(compiled, executable_path):
+    executable_path = None
+  return Report(
+      target=target.name, devices=target.num_devices, device_kind=devices[0].device_kind,
+      device_memory_bytes=targets.device_memory_bytes(target), usable_memory_bytes=usable,
+      fits=fits, per_device_bytes=per_device, oom_message=oom,
+      flops_per_step=xla_step_flops(config, num_classes) if count_flops else None,
+      model_flops_per_step=analytic, estimated_step_seconds=seconds, estimated_mfu=mfu,
+      estimate_note=note, collectives=analysis['collectives'],
+      fused_attention_kernels=analysis['fused_attention_kernels'],
+      while_loops=analysis['while_loops'], compile_seconds=round(compile_seconds, 2),
+      eval_step=eval_report, config=summary(config), attention=attention,
+      executable_path=executable_path)
+
+
+def eval_and_flops(config: ml_collections.ConfigDict, target_name: str
+                   ) -> tuple[dict[str, Any], float | None]:
+  """(`Report.eval_step`, `Report.flops_per_step`) alone, without compiling the train step."""
+  target = targets.parse(target_name)
+  mesh = sharding.make_mesh(config.mesh, targets.devices(target))
+  options = targets.GPU_COMPILER_OPTIONS if target.platform == 'gpu' else None
+  num_classes = num_classes_of(config)
+  with _platform(target), jax.set_mesh(mesh):
+    job = job_lib.build(config, num_classes, mesh)
+    report = _compile_eval(job, options, targets.usable_memory_bytes(target))
+  return report, xla_step_flops(config, num_classes)
+
+
+def _compile_eval(job: job_lib.Job, options: dict[str, Any] | None,
+                  usable: int | None) -> dict[str, Any]:
+  try:
+    compiled = job.eval_step.lower(job.abstract_state(),
+                                       job.abstract_batch(job.config.eval_batch_size)).compile(compiler_options=options)
+  except jax.errors.JaxRuntimeError as e:
+    oom = _oom_text(e)
+    if oom is None:
+      raise
+    return {'fits': False, 'oom_message': oom}
+  total = flops_lib.peak_bytes(compiled)
+  analysis = hlo.analyze(compiled.as_text())
+  return {'fits': usable is None or total <= usable, 'oom_message': None,
+          'temporaries': int(compiled.memory_analysis().temp_size_in_bytes), 'total': total,
+          'fused_attention_kernels': analysis['fused_attention_kernels']}
+
+
+def _save_executable(compiled: Any, path: str) -> bool:
+  """Pickles (executable bytes, input tree, output tree) for
+  `jax.experimental.serialize_executable.deserialize_and_load` on the target."""
+  import pickle  # pylint: disable=g-import-not-at-top
+  from jax.experimental import serialize_executable  # pylint: disable=g-import-not-at-top
+  try:
+    payload = serialize_executable.serialize(compiled)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Could not serialize the executable for reuse: %s', e)
+    return False
+  with open(path, 'wb') as f:
+    pickle.dump(payload, f)
+  return True
