@@ -3,7 +3,7 @@ r"""Will it fit? Compiles a config's train and eval steps for a target you do no
   python -m vit_jax.aot --config=configs/pretrain.py:ViT-B_16,imagenet2012 --target=v5e-8
   python -m vit_jax.aot --config=configs/pretrain.py:ViT-B_16,imagenet2012 --target=v5e-8 --fit
   python -m vit_jax.aot --config=configs/pretrain.py:ViT-B_16,imagenet2012 --target=h100-8 \
-      --dtype=bfloat16 --json=/tmp/b16_h100.json
+      --config.model.dtype=bfloat16 --json=/tmp/b16_h100.json
 
 Targets: v4-N, v5p-N (N TensorCores), v5e-N, v6e-N (N chips), a100-N, h100-N, h200-N, b200-N
 (N GPUs per node); `xK` for K slices or nodes. Needs the extra of the target's kind:
@@ -34,8 +34,6 @@ _TARGET = flags.DEFINE_string('target', None, 'e.g. v5e-8, v4-32, v5p-128, h100-
 _FIT = flags.DEFINE_bool('fit', False, 'Search accum_steps, remat and FSDP for a variant that '
                          'fits, cheapest first, and print its overrides.')
 _JSON = flags.DEFINE_string('json', None, 'Write the full report here as JSON.')
-_DTYPE = flags.DEFINE_string('dtype', None, 'Model compute dtype (config.model.dtype), e.g. '
-                             'bfloat16.')
 _EVAL = flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
 _EXECUTABLE = flags.DEFINE_string('save_executable', None, 'Write the serialized train '
                                   'executable here, for reuse on the target.')
@@ -91,9 +89,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
-  if _DTYPE.value:
-    # config.model starts empty in several configs, so --config.model.dtype cannot be given.
-    config = fit_lib.apply(config, {'model.dtype': _DTYPE.value})
   try:
     if _FIT.value:
       report = fit_lib.fit(config, _TARGET.value, max_compiles=_MAX_COMPILES.value,
