@@ -154,3 +154,25 @@ def test_bv_preset_evaluates_with_big_visions_area_resize():
   config = load_config('pretrain.py', 'ViT-S_16,imagenet2012,bv')
   assert config.pp_eval.startswith('resize_small(256, method="area")|')
   assert config.pp_train.startswith('inception_crop|')  # big_vision's TF sampler, kept.
+
+
+def test_ops_that_take_the_image_size_are_declared():
+  import inspect  # pylint: disable=g-import-not-at-top
+  for name, factory in preprocess._OPS.items():  # pylint: disable=protected-access
+    takes = 'size' in inspect.signature(factory).parameters
+    assert takes == (name in preprocess.SIZED_OPS), name
+
+
+def test_a_local_variable_named_size_is_not_a_size_parameter():
+  @preprocess.register('test_local_size')
+  def op_factory(scale: float = 2.):
+    size = scale  # A local (not captured), not a parameter: no size may be passed in.
+    factor = size
+    return lambda image, seed: image * factor
+  try:
+    ops = preprocess.parse('test_local_size|resize', 8)
+    image = tf.ones((4, 4, 3), tf.float32)
+    out = preprocess.apply(ops, image, tf.constant([0, 0], tf.int32))
+    assert out.shape == (8, 8, 3)
+  finally:
+    del preprocess._OPS['test_local_size']  # pylint: disable=protected-access

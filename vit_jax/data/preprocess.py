@@ -21,13 +21,23 @@ from vit_jax.data import image_io
 
 Op = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 _OPS: dict[str, Callable[..., Op]] = {}
+# Ops whose `size` parameter defaults to the config's image size when a spec leaves it out.
+SIZED_OPS: set[str] = set()
 
-def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-  """Registers an op factory under `name` (the name used in config strings)."""
+
+def register(name: str, *, takes_size: bool = False
+             ) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory under `name` (the name used in config strings).
+
+  `takes_size`: the factory's `size` parameter is the output size, which `parse` fills in with
+  the image size when the spec does not give it.
+  """
   def wrap(factory):
     if name in _OPS:
       raise ValueError(f'Preprocessing op {name!r} is registered twice')
     _OPS[name] = factory
+    if takes_size:
+      SIZED_OPS.add(name)
     return factory
   return wrap
 
@@ -60,7 +70,7 @@ def parse(spec: str, image_size: int | tuple[int, int]) -> list[Op]:
   ops = []
   for _, name, args, kwargs in _calls(spec):
     factory = _OPS[name]
-    if 'size' in factory.__code__.co_varnames and not args and 'size' not in kwargs:
+    if name in SIZED_OPS and not args and 'size' not in kwargs:
       kwargs['size'] = image_size
     ops.append(factory(*args, **kwargs))
   return ops
@@ -121,7 +131,7 @@ def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = 'bilinea
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), dtype) if dtype == tf.uint8 else image
 
 
-@register('resize')
+@register('resize', takes_size=True)
 def resize(size: int | tuple[int, int] = 224) -> Op:
   """Resizes to `size` ignoring the aspect ratio (the original library's eval)."""
   return lambda image, seed: resize_image(image, _hw(size))
@@ -144,7 +154,7 @@ def resize_small(smaller_side: int, method: str = 'bilinear', antialias: bool = 
   return op
 
 
-@register('central_crop')
+@register('central_crop', takes_size=True)
 def central_crop(size: int | tuple[int, int] = 224) -> Op:
   def op(image, seed):
     h, w = _hw(size)
@@ -154,7 +164,7 @@ def central_crop(size: int | tuple[int, int] = 224) -> Op:
   return op
 
 
-@register('inception_crop')
+@register('inception_crop', takes_size=True)
 def inception_crop(size: int | tuple[int, int] = 224, area_min: float = 5,
                    area_max: float = 100) -> Op:
   """Random crop of 5%-100% of the area (aspect 3/4-4/3), resized to `size`."""
@@ -167,7 +177,7 @@ def inception_crop(size: int | tuple[int, int] = 224, area_min: float = 5,
   return op
 
 
-@register('random_resized_crop')
+@register('random_resized_crop', takes_size=True)
 def random_resized_crop(size: int | tuple[int, int] = 224,
                         scale: tuple[float, float] = (0.08, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), method: str = 'bicubic',
@@ -208,7 +218,7 @@ def random_resized_crop(size: int | tuple[int, int] = 224,
   return op
 
 
-@register('random_crop')
+@register('random_crop', takes_size=True)
 def random_crop(size: int | tuple[int, int] = 32, pad: int = 4) -> Op:
   """Zero-pads by `pad` on each side and takes a random `size` crop (the CIFAR recipe)."""
   def op(image, seed):
