@@ -136,7 +136,8 @@ def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float
   mesh = jax.sharding.Mesh(np.array(cpu).reshape((1,) * len(names)), names)
   with jax.set_mesh(mesh):
     job = job_lib.build(flat, num_classes, mesh)
-    analysis = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None).cost_analysis()
+    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None)
+    analysis = lowered.cost_analysis()
   return float(analysis['flops']) if analysis and 'flops' in analysis else None
 
 
@@ -245,8 +246,9 @@ def eval_and_flops(config: ml_collections.ConfigDict, target_name: str
 def _compile_eval(job: job_lib.Job, options: dict[str, Any] | None,
                   usable: int | None) -> dict[str, Any]:
   try:
-    compiled = job.eval_step.lower(job.abstract_state(),
-                                       job.abstract_batch(job.config.eval_batch_size)).compile(compiler_options=options)
+    lowered = job.eval_step.lower(job.abstract_state(),
+                                  job.abstract_batch(job.config.eval_batch_size))
+    compiled = lowered.compile(compiler_options=options)
   except jax.errors.JaxRuntimeError as e:
     oom = _oom_text(e)
     if oom is None:

@@ -4,7 +4,8 @@ The released `.npz` files carry no config, but ViT and hybrid parameters pin the
 down: widths, depth, heads (query kernels are (D, heads, D/heads)), patch size, classifier, head
 and representation sizes, the ResNet stages of hybrids, and the training resolution (position
 embedding grid times the total stride). So do Swin's (heads and window from the relative position
-bias tables). The results are config dicts; the family records (`vit_jax.models`) build models from them.
+bias tables). The results are config dicts; the family records (`vit_jax.models`) build
+models from them.
 """
 
 from __future__ import annotations

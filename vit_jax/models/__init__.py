@@ -8,8 +8,8 @@
   formats     the file formats `tools.convert` reads and writes
   loader      the one loader: any model file (+ card, state) -> model, variables, how to feed it
 
-As in the original library, `models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])`
-builds a ViT. Imports `checkpoint/` and `data/` only.
+As in the original library,
+`models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])` builds a ViT. Imports `checkpoint/` and `data/` only.
 """
 
 from vit_jax.models.registry import by_name

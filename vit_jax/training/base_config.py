@@ -2,7 +2,7 @@
 
 Experiment configs start from `get_config()` and override fields, sharing recipes through the
 functions below (`cifar10_baseline`, `vit_finetune_recipe`, `timm_imagenet_recipe`) and parsing
-their `:ARGS` with `vit_jax.training.config_args.parse_arg`; every field can also be overridden on the
+their `:ARGS` with `training.config_args.parse_arg`; every field can also be overridden on the
 command line (`--config.total_steps=100`), and an unknown field is an error.
 """
 

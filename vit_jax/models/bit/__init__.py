@@ -1,1 +1,2 @@
-"""The BiT family: `model.ResNetV2` (pre-activation, GroupNorm + weight standardisation), its zoo and record."""
+"""The BiT family: `model.ResNetV2` (pre-activation, GroupNorm + weight standardisation),
+its zoo and record."""

@@ -1,1 +1,2 @@
-"""The ViT family: plain ViTs (`model.VisionTransformer`), the ResNet+ViT hybrids, their zoo and record."""
+"""The ViT family: plain ViTs (`model.VisionTransformer`), the ResNet+ViT hybrids, their zoo
+and record."""

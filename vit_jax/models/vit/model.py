@@ -102,7 +102,7 @@ class Encoder1DBlock(nn.Module):
     if self.init_values is not None:
       y = LayerScale(self.init_values, param_dtype=self.param_dtype, name='ls2')(y)
     x = x + layers.DropPath()(y, rate, deterministic)
-    # Names the activation axes for sharding rules (vit_jax.training.sharding.activation_rules); a no-op
+    # Names the activation axes for sharding rules (training.sharding.activation_rules); a no-op
     # when no rules are active.
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
