@@ -253,3 +253,19 @@ def test_a_run_over_corrupt_files_completes_counts_them_and_resumes_exactly(fold
   b = checkpoint.flatten(checkpoint.load(os.path.join(resumed_dir, 'model.npz')))
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize('units', [1, 2, 4])
+def test_skipped_rows_take_the_mirror_row_of_their_device_block(units):
+  """Within each device's block (no image crosses devices); with one block, the whole batch's
+  mirror."""
+  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  keep = np.ones(8, bool)
+  keep[[0, 5]] = False
+  got = np.asarray(step_lib.mirror_skipped(jnp.asarray(x), jnp.asarray(keep), units))
+  block = 8 // units
+  expected = x.copy()
+  for row in (0, 5):
+    start = row // block * block
+    expected[row] = x[start + block - 1 - (row - start)]
+  np.testing.assert_array_equal(got, expected)

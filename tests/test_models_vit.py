@@ -220,3 +220,49 @@ def test_training_and_inference_attention_paths_agree_with_numpy():
                              rngs={'dropout': jax.random.key(3)})
   np.testing.assert_allclose(train_logits, model.apply({'params': params}, images, train=False),
                              atol=1e-5)
+
+
+def _attention_inputs(dtype, tokens=13):
+  return [jax.random.normal(key, (2, tokens, 3, 8), jnp.float32).astype(dtype) * 2
+          for key in jax.random.split(jax.random.key(4), 4)]
+
+
+def _numpy_attention_vjp(q, k, v, grad_out):
+  """Softmax attention and its gradients, by hand in float64 (the oracle)."""
+  q, k, v, g = (np.asarray(t, np.float64) for t in (q, k, v, grad_out))
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(q.shape[-1])
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  out = np.einsum('bhqk,bkhd->bqhd', p, v)
+  grad_p = np.einsum('bqhd,bkhd->bhqk', g, v)
+  grad_logits = p * (grad_p - (grad_p * p).sum(-1, keepdims=True)) / np.sqrt(q.shape[-1])
+  return out, (np.einsum('bhqk,bkhd->bqhd', grad_logits, k),
+               np.einsum('bhqk,bqhd->bkhd', grad_logits, q), np.einsum('bhqk,bqhd->bkhd', p, g))
+
+
+@pytest.mark.parametrize('dtype,tolerance', [(jnp.float32, 1e-5), (jnp.bfloat16, 0.1)])
+def test_xla_attention_values_and_gradients_equal_softmax_attention(dtype, tolerance):
+  from vit_jax.models import layers
+  q, k, v, g = _attention_inputs(dtype)
+  out, vjp = jax.vjp(layers.xla_attention, q, k, v)
+  expected_out, expected_grads = _numpy_attention_vjp(q, k, v, g)
+  scale = np.abs(expected_out).max()
+  np.testing.assert_allclose(np.float32(out), expected_out, atol=tolerance * scale / 10)
+  for got, want in zip(vjp(g), expected_grads):
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.float32(got), want, atol=tolerance * np.abs(want).max())
+
+
+def test_xla_attention_keeps_only_low_precision_probabilities_for_the_backward(capsys):
+  """bfloat16 attention keeps one tokens x tokens array for the backward pass, in bfloat16;
+  autodiff of `jax.nn.dot_product_attention` keeps its float32 exponentials too."""
+  from jax import ad_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import layers
+  q, k, v, _ = _attention_inputs(jnp.bfloat16)
+
+  def square_residuals(fn):
+    ad_checkpoint.print_saved_residuals(lambda *x: fn(*x).sum(), q, k, v)
+    return [line.split('[')[0] for line in capsys.readouterr().out.splitlines()
+            if '13,13]' in line]
+  assert square_residuals(layers.xla_attention) == ['bf16']
+  assert 'f32' in square_residuals(jax.nn.dot_product_attention)

@@ -82,6 +82,20 @@ def _activation_rules(mesh: jax.sharding.Mesh | None):
   return sharding.activation_rules(mesh) if mesh is not None else ()
 
 
+def mirror_skipped(x: jax.Array, keep: jax.Array, units: int) -> jax.Array:
+  """`x` with the rows where `keep` is False replaced by their mirror rows.
+
+  Skipped rows (images the input pipeline could not decode, weight 0) still go through the model,
+  so they take a real example's values. The mirror is taken within each of the `units` blocks
+  the batch is split into across devices, so that no device sends its images to another (the
+  whole batch reversed moved every device's images each step: a collective-permute of the
+  image shard).
+  """
+  blocks = x.reshape((units, x.shape[0] // units) + x.shape[1:])
+  mirrored = blocks[:, ::-1].reshape(x.shape)
+  return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 1)), x, mirrored)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
                     mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
@@ -104,6 +118,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   must then be traced under `jax.set_mesh(mesh)`.
   """
   rules = _activation_rules(mesh)
+  units = 1 if mesh is None else sharding.batch_size_per_unit(mesh)
   accum = int(config.get('accum_steps', 1))
   smoothing = float(config.get('label_smoothing', 0.))
   mixup_config = config.get('mixup')
@@ -145,9 +160,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       images, labels, weights, rng = xs
       mix_rng, dropout_rng = jax.random.split(rng)
       if weights is not None:
-        keep = weights > 0
-        images = jnp.where(keep[:, None, None, None], images, images[::-1])
-        labels = jnp.where(keep, labels, labels[::-1])
+        images, labels = (mirror_skipped(x, weights > 0, units) for x in (images, labels))
       targets = targets_for(labels)
       if mixup_config:
         images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
