@@ -125,7 +125,7 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (32, 32, 32, 3)),
            'label': jnp.arange(32) % 10}
-  results, norms = [], []
+  results, norms, opt_states = [], [], []
   for accum in (1, 4):
     config.accum_steps = accum
     tx, schedule = optim.make_optimizer(config, shapes['params'])
@@ -136,7 +136,13 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
     norms.append(float(metrics['grad_norm']))
     state, metrics = step(state, batch)
     results.append(state.params)
+    opt_states.append(state.opt_state)
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+  # The same optimizer state, layout and values: no accumulator is kept, and a checkpoint resumes
+  # under another accum_steps.
+  assert jax.tree.structure(opt_states[0]) == jax.tree.structure(opt_states[1])
+  for a, b in zip(jax.tree.leaves(opt_states[0]), jax.tree.leaves(opt_states[1])):
     np.testing.assert_allclose(a, b, atol=2e-5)
   # The logged norm under accumulation is that of the averaged gradient (what
   # clip_by_global_norm sees), computed here directly on the whole batch.

@@ -102,15 +102,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """The (un-jitted) train step: `accum_steps` micro-batches, one optimizer step.
 
-  With `accum_steps` > 1, `tx` is `optim.make_optimizer`'s `optax.MultiSteps`: the step sums
-  the micro-batches' gradients and applies its inner optimizer once to their mean (MultiSteps's
-  state keeps its layout; its accumulator stays zero).
+  With `accum_steps` > 1 the step sums the micro-batches' gradients and applies `tx` once to
+  their mean.
 
   A batch's optional 'mask' marks the examples the input pipeline could not decode (0): they
   weigh nothing in the loss, the accuracy or (with `accum_steps`) their micro-batch's mean, and
-  before mixup, BatchNorm or the teacher see them each takes the image and label of its mirror
-  partner (row B - 1 - i, the one mixup pairs it with), so a skipped image's zeros reach no other
-  example: its partner is mixed with a copy of itself. The 'skipped' metric counts them.
+  before mixup, BatchNorm or the teacher see them each takes the image and label of a mirror
+  partner. With mixup that is row B - 1 - i, the one mixup pairs it with, so a skipped image's
+  zeros reach no other example: its partner is mixed with a copy of itself. Without mixup it is
+  the mirror row within the device's block of the batch (`mirror_skipped`), which moves nothing
+  between devices. The 'skipped' metric counts them.
 
   `train_step(state, batch)`, or with a DeiT `teacher` `train_step(state, batch,
   teacher_variables)`: the frozen teacher sees the same (mixed) images, and only its logits enter
@@ -160,7 +161,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       images, labels, weights, rng = xs
       mix_rng, dropout_rng = jax.random.split(rng)
       if weights is not None:
-        images, labels = (mirror_skipped(x, weights > 0, units) for x in (images, labels))
+        blocks = 1 if mixup_config else units  # Mixup's partner is the whole batch's mirror.
+        images, labels = (mirror_skipped(x, weights > 0, blocks) for x in (images, labels))
       targets = targets_for(labels)
       if mixup_config:
         images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
@@ -193,8 +195,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
 
       # The loop only sums gradients, so XLA can reduce them across devices once, after it,
-      # rather than once per micro-batch; the optimizer (optax.MultiSteps's inner one) then runs
-      # once on the mean, where MultiSteps.update would run it on every micro-batch.
+      # rather than once per micro-batch; the optimizer then runs once, on their mean.
       zeros = jax.tree.map(jnp.zeros_like, params)
       (grad_sum, model_state), metrics = jax.lax.scan(
           micro_step, (zeros, state.model_state),
@@ -202,9 +203,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
            jax.random.split(step_rng, accum)))
       grads = jax.tree.map(lambda g: g / accum, grad_sum)
       metrics = jax.tree.map(jnp.mean, metrics)
-      updates, inner_state = tx.inner_opt.update(grads, opt_state.inner_opt_state, params)
-      opt_state = opt_state._replace(inner_opt_state=inner_state,
-                                     gradient_step=opt_state.gradient_step + 1)
+      updates, opt_state = tx.update(grads, opt_state, params)
     # The averaged gradient is what clipping sees, so its norm is the one to log.
     metrics['grad_norm'] = optax.global_norm(grads)
     params = optax.apply_updates(params, updates)
