@@ -16,12 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import load_config
 import tiny_config
+from vit_jax import models
 from vit_jax.aot import compile_job
 from vit_jax.aot import fit as fit_lib
 from vit_jax.aot import hlo
 from vit_jax.aot import targets
 from vit_jax.models import layers
+from vit_jax.training import distill
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,6 +170,20 @@ def test_cli_report_for_a_tpu_slice(tmp_path):
   # Skipped images are mirrored within each device's rows: no image crosses devices.
   assert 'collective-permute' not in report['collectives']
   assert report['eval_step']['fits'] is True and report['compile_seconds'] > 0
+
+
+@needs_tpu
+def test_a_distillation_step_compiles_with_its_teacher():
+  """DeiT's step runs the frozen teacher too: built from the zoo, its variables abstract."""
+  config = load_config('deit.py', 'cifar10')
+  config.eval_batch_size = 512  # The recipe's 500 does not split over 8 chips.
+  report = compile_job.compile_for_target(config, 'v5e-8', with_eval=False)
+  teacher, shapes = distill.abstract_teacher(config, 10)
+  assert isinstance(teacher, models.model_class('CNN-CIFAR'))
+  # The teacher's variables are arguments of the step, replicated on every chip.
+  assert report.per_device_bytes['teacher'] == sum(
+      x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) > 0
+  assert report.fits and report.flops_per_step > report.model_flops_per_step
 
 
 @needs_cuda

@@ -25,6 +25,7 @@ from vit_jax.aot import targets
 from vit_jax.benchmarking import flops as flops_lib
 from vit_jax.data import labels
 from vit_jax.models import layers
+from vit_jax.training import distill
 from vit_jax.training import job as job_lib
 from vit_jax.training import sharding
 
@@ -40,7 +41,8 @@ class Report:
   device_memory_bytes: int
   usable_memory_bytes: int | None  # GPUs: JAX's default preallocation; TPUs: XLA's own check.
   fits: bool
-  per_device_bytes: dict[str, int | None]  # params, optimizer, temporaries, total.
+  # params, optimizer, temporaries, total; and teacher (its variables) when distilling.
+  per_device_bytes: dict[str, int | None]
   oom_message: str | None
   flops_per_step: float | None  # XLA's count, whole optimizer step (all micro-batches), global.
   model_flops_per_step: float | None  # Analytic: 3 x forward matmul FLOPs x batch (ViTs).
@@ -121,6 +123,18 @@ def model_flops(config: ml_collections.ConfigDict, model: Any, num_classes: int)
   return None if forward is None else 3. * forward * int(config.batch_size)
 
 
+def _teacher(config: ml_collections.ConfigDict, num_classes: int,
+             mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+  """A distillation config's teacher module and replicated abstract variables, else (None,
+  None): the train step a DeiT run compiles includes the frozen teacher's forward pass."""
+  if not config.get('distillation'):
+    return None, None
+  model, shapes = distill.abstract_teacher(config, num_classes)
+  replicated = sharding.replicated(mesh)
+  return model, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
+
+
 def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float | None:
   """XLA's HLO cost analysis of the whole step as one loop-free program (on the host CPU).
 
@@ -135,8 +149,9 @@ def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float
   names = tuple(str(name) for name, _ in config.mesh)
   mesh = jax.sharding.Mesh(np.array(cpu).reshape((1,) * len(names)), names)
   with jax.set_mesh(mesh):
-    job = job_lib.build(flat, num_classes, mesh)
-    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None)
+    teacher, teacher_variables = _teacher(flat, num_classes, mesh)
+    job = job_lib.build(flat, num_classes, mesh, teacher=teacher)
+    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), teacher_variables)
     analysis = lowered.cost_analysis()
   return float(analysis['flops']) if analysis and 'flops' in analysis else None
 
@@ -183,9 +198,10 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
   accum = int(config.get('accum_steps', 1))
   usable = targets.usable_memory_bytes(target)
   with _platform(target, attention), jax.set_mesh(mesh):
-    job = job_lib.build(config, num_classes, mesh)
+    teacher, teacher_variables = _teacher(config, num_classes, mesh)
+    job = job_lib.build(config, num_classes, mesh, teacher=teacher)
     start = time.time()
-    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), None)
+    lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), teacher_variables)
     compiled, oom = None, None
     try:
       compiled = lowered.compile(compiler_options=options)
@@ -198,6 +214,8 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
   state = job.abstract_state()
   per_device = {'params': job_lib.per_device_bytes(state.params),
                 'optimizer': job_lib.per_device_bytes(state.opt_state)}
+  if teacher_variables is not None:
+    per_device['teacher'] = job_lib.per_device_bytes(teacher_variables)
   if compiled is not None:
     stats = compiled.memory_analysis()
     per_device['temporaries'] = int(stats.temp_size_in_bytes)

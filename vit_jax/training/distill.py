@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vit_jax import models
 from vit_jax.checkpoint.errors import CheckpointError
 from vit_jax.models import loader
 
@@ -70,3 +71,18 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[n
     raise CheckpointError(f'The teacher {dist.teacher_path} has {loaded.model.num_classes} '
                           f'classes; the student is trained on {num_classes}')
   return loaded.model, loaded.variables
+
+
+def abstract_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
+  """`load_teacher`'s (model, variables) as shapes, from the zoo alone (no file is read).
+
+  For compiling a distillation step ahead of time (`vit_jax.aot`): the module is built as the
+  loader builds it (`teacher_model` with `teacher_overrides`), its variables are
+  `jax.ShapeDtypeStruct`s.
+  """
+  dist = config.distillation
+  overrides = dist.get('teacher_overrides') or {}
+  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
+  model = models.get_model(dist.teacher_model, num_classes=num_classes, **overrides)
+  size = config.image_size
+  return model, models.init_shapes(model, (size, size) if isinstance(size, int) else tuple(size))
