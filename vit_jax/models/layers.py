@@ -164,13 +164,14 @@ def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] =
   """Scaled dot-product attention that uses a fused kernel where one exists.
 
   On GPUs, bfloat16/float16 inputs with a head dimension cuDNN takes run cuDNN flash attention
-  (`implementation='cudnn'`, tokens padded by `padded_attention`), in training and evaluation;
-  otherwise `xla_attention` (with the reason logged once on GPUs), or, given a bias or mask, and
-  for inference on CPUs (where its forward is about 2.5x faster than `xla_attention`'s),
-  `jax.nn.dot_product_attention`. Neither of those has attention dropout or returns the weights,
-  so those two cases (training with attention dropout, and `sow_weights=True` for attention
-  maps) take flax's explicit softmax path. So does training on CPUs, where the explicit
-  einsum-softmax-einsum trains faster (BENCHMARKS.md).
+  (`implementation='cudnn'`, tokens padded by `padded_attention`), in training and evaluation.
+  Otherwise bfloat16/float16 attention is `xla_attention` (the reason logged once on GPUs), and
+  `jax.nn.dot_product_attention` takes the rest: a bias or mask, float32 (where `xla_attention`
+  saves nothing, and XLA's TPU compiler kept 2.3x the temporaries of a ViT-B/16 step with it),
+  and inference on CPUs (where its forward is about 2.5x faster). None of these has attention
+  dropout or returns the weights, so those two cases (training with attention dropout, and
+  `sow_weights=True` for attention maps) take flax's explicit softmax path. So does training on
+  CPUs, where the explicit einsum-softmax-einsum trains faster (BENCHMARKS.md).
   The paths agree to float32 rounding.
   """
   platform = _ATTENTION_PLATFORM.get() or jax.default_backend()
@@ -187,7 +188,8 @@ def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] =
     return padded_attention(query, key, value, implementation='cudnn')
   if platform == 'gpu':
     _log_fallback(reason)
-  if bias is None and mask is None and platform != 'cpu':
+  if (bias is None and mask is None and platform != 'cpu'
+      and query.dtype in (jnp.bfloat16, jnp.float16)):
     return xla_attention(query, key, value)
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
 
