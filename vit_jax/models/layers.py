@@ -145,8 +145,10 @@ def _xla_attention_bwd(residuals, grad_out):
   grad_out = grad_out.astype(value.dtype)
   grad_value = jnp.einsum('bhqk,bqhd->bkhd', probs, grad_out)
   grad_probs = jnp.einsum('bqhd,bkhd->bhqk', grad_out, value, preferred_element_type=jnp.float32)
-  row = jnp.einsum('bqhd,bqhd->bhq', grad_out, out, preferred_element_type=jnp.float32)
-  grad_logits = (probs.astype(jnp.float32) * (grad_probs - row[..., None]) * scale).astype(
+  # Reduced in the arrays' own layout, then the small [batch, tokens, heads] result transposed.
+  row = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+  row = jnp.transpose(row, (0, 2, 1))[..., None]
+  grad_logits = (probs.astype(jnp.float32) * (grad_probs - row) * scale).astype(
       query.dtype)
   grad_query = jnp.einsum('bhqk,bkhd->bqhd', grad_logits, key)
   grad_key = jnp.einsum('bhqk,bqhd->bkhd', grad_logits, query)
