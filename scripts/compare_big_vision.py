@@ -69,18 +69,19 @@ def load_big_vision_vit(path: str) -> types.ModuleType:
 
 
 def our_model(variant: str, depth: int | None, dtype: str) -> nn.Module:
+  """Our zoo's ViT of big_vision's `variant` ('B/16' is ViT-B_16), as big_vision's below."""
   size, patch = variant.split('/')
+  name = f'ViT-{size}_{patch}'
   transformer = {'dropout_rate': 0.1}
   if depth:
     transformer['num_layers'] = depth
-  model = models.get_model(f'ViT-{size}_{patch}', num_classes=NUM_CLASSES, dtype=dtype,
-                           representation_size=models.MODEL_CONFIGS[f'ViT-{size}_{patch}'].hidden_size,
-                           transformer=transformer)
-  return model
+  return models.get_model(name, num_classes=NUM_CLASSES, dtype=dtype, transformer=transformer,
+                          representation_size=models.MODEL_CONFIGS[name].hidden_size)
 
 
 def big_vision_model(module: types.ModuleType, variant: str, depth: int | None,
                      dtype: str) -> nn.Module:
+  """big_vision's ViT as the paper pre-trains it: [CLS] pooling, a representation layer."""
   extra = {'depth': depth} if depth else {}
   return module.Model(NUM_CLASSES, variant=variant, pool_type='tok', rep_size=True,
                       dropout=0.1, posemb='learn', dtype_mm=dtype, **extra)

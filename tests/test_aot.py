@@ -233,3 +233,46 @@ def test_fsdp_all_gathers_parameters_and_reduce_scatters_gradients():
                                           'h100-8', with_eval=False, count_flops=False)
   assert report.collectives['all-gather']['ops'] >= 1
   assert report.collectives['reduce-scatter']['ops'] >= 1
+
+
+FAKE_BIG_VISION_VIT = '''
+"""Stands in for big_vision's models/vit.py: our ViT under its factory's signature."""
+from big_vision import utils  # Stubbed by the script, as the real file's imports are.
+from big_vision.models import common
+import flax.linen as nn
+from vit_jax import models
+
+
+class _Wrapped(nn.Module):
+  inner: nn.Module
+
+  def __call__(self, image, *, train=False):
+    return self.inner(image, train=train), {}
+
+
+def Model(num_classes=None, *, variant=None, depth=None, dropout=0., dtype_mm='float32', **kw):
+  size, patch = variant.split('/')
+  transformer = {'dropout_rate': dropout, **({'num_layers': depth} if depth else {})}
+  return _Wrapped(models.get_model(f'ViT-{size}_{patch}', num_classes=num_classes, dtype=dtype_mm,
+                                   representation_size=192, transformer=transformer))
+'''
+
+
+@needs_tpu
+def test_compare_big_vision_compiles_both_sides_of_the_same_step(tmp_path):
+  """With a stand-in that is our own model, both rows must count the same work."""
+  fake = tmp_path / 'vit.py'
+  fake.write_text(FAKE_BIG_VISION_VIT)
+  out = tmp_path / 'side_by_side.json'
+  run = subprocess.run(
+      [sys.executable, 'scripts/compare_big_vision.py', f'--big_vision_vit={fake}',
+       '--target=v5e-8', '--variant=Ti/16', '--depth=1', '--batch=64', '--image_size=32',
+       f'--json={out}'], capture_output=True, text=True, timeout=600, cwd=REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO})
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'ours / big_vision: temporaries' in run.stdout
+  ours, theirs = json.loads(out.read_text())['rows']
+  assert (ours['model'], theirs['model']) == ('vit_jax', 'big_vision')
+  assert ours['params'] == theirs['params'] > 0
+  assert ours['flops'] == pytest.approx(theirs['flops'], rel=1e-6)
+  assert ours['temporaries_bytes'] > 0 and ours['bytes_accessed'] > 0
