@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from helpers import REPO, run_main, state_and_step
@@ -19,6 +20,7 @@ from vit_jax.training import optim
 from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
 from vit_jax.training import train
+from vit_jax.training import workdir
 
 make_config = tiny_config.for_data
 
@@ -155,6 +157,18 @@ def test_gradient_accumulation_equals_one_big_batch(data_overrides):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_another_state_layout_is_refused_by_name(tmp_path):
+  """E.g. one written with optax.MultiSteps state (accum_steps > 1 before it was dropped)."""
+  params = {'w': jnp.ones((4, 3))}
+  manager = workdir.checkpoint_manager(str(tmp_path), 2)
+  old = optax.MultiSteps(optax.adam(1e-3), every_k_schedule=2)
+  workdir.save_checkpoint(manager, 5, {'params': params, 'opt_state': old.init(params)})
+  manager.wait_until_finished()
+  state = {'params': params, 'opt_state': optax.adam(1e-3).init(params)}
+  with pytest.raises(ValueError, match=r'(?s)step 5 in .*does not hold the state.*opt_state'):
+    workdir.restore_latest(manager, state, jax.tree.map(lambda x: x.sharding, state))
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_overrides):
   config = make_config(data_overrides, total_steps=8, checkpoint_every=2)
   config.lr.base = 1e30  # Diverges within a few steps.

@@ -75,7 +75,14 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, shardings: Any) -
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,redefined-outer-name
-  restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  try:
+    restored = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  except ValueError as e:
+    raise ValueError(
+        f'The checkpoint of step {latest} in {manager.directory} does not hold the state this '
+        'config trains: another model, optimizer or EMA setting, or a checkpoint written with '
+        'accum_steps > 1 before accumulation stopped keeping optax.MultiSteps state. Resume '
+        f'with the config that wrote it, or train in a new workdir. Orbax: {e}') from e
   logging.info('Resumed from the checkpoint of step %d in %s', latest, manager.directory)
   return restored
 
