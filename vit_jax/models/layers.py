@@ -120,16 +120,18 @@ def _attention_forward(query: Array, key: Array, value: Array) -> tuple[Array, A
 
 @jax.custom_vjp
 def xla_attention(query: Array, key: Array, value: Array) -> Array:
-  """Softmax attention over [batch, tokens, heads, head_dim] that keeps what a fused kernel keeps.
+  """Softmax attention over [batch, tokens, heads, head_dim] for bfloat16 where no kernel is fused.
 
   XLA's attention where no fused kernel runs (TPUs, GPUs outside cuDNN's constraints). Autodiff
   of `jax.nn.dot_product_attention` keeps every layer's float32 exponentials for the backward
   pass and runs the query/key gradients as float32 dots. Here the backward keeps only the
-  probabilities in the inputs' dtype and works as FlashAttention's does: the softmax gradient in
-  float32, its row term from the output (sum of dO * O over head_dim) rather than from another
-  pass over the tokens x tokens matrix, and the query/key products in the inputs' dtype. In
-  float32 this is plain softmax attention to rounding; in bfloat16 a ViT-B/16 train step keeps
-  and moves less than big_vision's on the same TPU (BENCHMARKS.md).
+  probabilities in the inputs' dtype, and computes as FlashAttention's backward does: the
+  softmax gradient in float32, its row term from the output (sum of dO * O over head_dim) rather
+  than from another pass over the tokens x tokens matrix, and the query/key products in the
+  inputs' dtype. (Recomputing the probabilities from the row statistics, as FlashAttention also
+  does, made XLA's TPU programs larger: BENCHMARKS.md.) In float32 this is plain softmax
+  attention to rounding; in bfloat16 a ViT-B/16 train step keeps and moves less than
+  big_vision's on the same TPU.
   """
   return _attention_forward(query, key, value)[0]
 
@@ -148,8 +150,7 @@ def _xla_attention_bwd(residuals, grad_out):
   # Reduced in the arrays' own layout, then the small [batch, tokens, heads] result transposed.
   row = jnp.sum(grad_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
   row = jnp.transpose(row, (0, 2, 1))[..., None]
-  grad_logits = (probs.astype(jnp.float32) * (grad_probs - row) * scale).astype(
-      query.dtype)
+  grad_logits = (probs.astype(jnp.float32) * (grad_probs - row) * scale).astype(query.dtype)
   grad_query = jnp.einsum('bhqk,bkhd->bqhd', grad_logits, key)
   grad_key = jnp.einsum('bhqk,bqhd->bkhd', grad_logits, query)
   return grad_query, grad_key, grad_value
