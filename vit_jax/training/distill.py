@@ -52,6 +52,12 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
   return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.)
 
 
+def _teacher_overrides(dist: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`distillation.teacher_overrides` as a plain dict: the model fields the teacher is built with."""
+  overrides = dist.get('teacher_overrides') or {}
+  return overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
+
+
 def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
   """The teacher of `config.distillation`: (model, variables) from its model file.
 
@@ -63,10 +69,8 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[n
     CheckpointError: the file does not give `teacher_model` with a `num_classes` head.
   """
   dist = config.distillation
-  overrides = dist.get('teacher_overrides') or {}
-  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
   loaded = loader.load(dist.teacher_path, dist.teacher_model, image_size=config.image_size,
-                       **overrides)
+                       **_teacher_overrides(dist))
   if loaded.model.num_classes != num_classes:
     raise CheckpointError(f'The teacher {dist.teacher_path} has {loaded.model.num_classes} '
                           f'classes; the student is trained on {num_classes}')
@@ -81,8 +85,7 @@ def abstract_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tup
   `jax.ShapeDtypeStruct`s.
   """
   dist = config.distillation
-  overrides = dist.get('teacher_overrides') or {}
-  overrides = overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
-  model = models.get_model(dist.teacher_model, num_classes=num_classes, **overrides)
+  model = models.get_model(dist.teacher_model, num_classes=num_classes,
+                           **_teacher_overrides(dist))
   size = config.image_size
   return model, models.init_shapes(model, (size, size) if isinstance(size, int) else tuple(size))
