@@ -53,7 +53,7 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
 
 
 def _teacher_overrides(dist: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`distillation.teacher_overrides` as a plain dict: the model fields the teacher is built with."""
+  """`distillation.teacher_overrides` as a dict: the fields the teacher model is built with."""
   overrides = dist.get('teacher_overrides') or {}
   return overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
 
