@@ -6,6 +6,9 @@ from Python but not from a reader.
 The floors (`FLOORS`): each folder of `vit_jax/` imports only the folders its rule names, so the
 data flow reads bottom-up: checkpoint files and data at the ground, models on them, the training
 job on models, the tools and benchmarks on top. Nothing imports `tools/`.
+
+`checkpoint/` holds what every family shares: no module of it is named after a registered family
+or a foreign library whose key map or models belong in a family's folder (`NEUTRAL_FOLDERS`).
 """
 
 import ast
@@ -29,6 +32,10 @@ FLOORS: dict[str, frozenset[str]] = {
     'aot': _BELOW_TRAINING | {'aot', 'benchmarking'},  # compiles the job, counts its FLOPs
     '': _BELOW_TRAINING,  # `vit_jax.main`, the training CLI, and the package itself.
 }
+# Foreign libraries whose key maps and model builders live in the families' folders.
+FOREIGN_LIBRARIES = frozenset({'timm', 'hf', 'transformers', 'torch', 'torchvision'})
+# Folders whose module names carry no family name (`models.FAMILIES`) and no foreign library.
+NEUTRAL_FOLDERS = frozenset({'checkpoint'})
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -145,11 +152,27 @@ def floor_violations(graph: dict[str, set[str]]) -> set[str]:
   return problems
 
 
+def naming_violations(modules: list[str], families: set[str]) -> set[str]:
+  """Every module of a `NEUTRAL_FOLDERS` folder named (a `_`-separated word of its name) after a
+  family or a foreign library."""
+  problems = set()
+  for module in modules:
+    if folder(module) not in NEUTRAL_FOLDERS:
+      continue
+    words = set(module.rpartition('.')[2].split('_'))
+    for word in sorted(words & (families | FOREIGN_LIBRARIES)):
+      problems.add(f'name: {module} is named after {word!r}; {folder(module)}/ is shared by '
+                   'every family (family code belongs in models/<family>/)')
+  return problems
+
+
 def violations() -> set[str]:
+  from vit_jax import models  # pylint: disable=g-import-not-at-top
   found = scan()
   graph = {name: v.edges for name, v in found.items()}
   problems = {'cycle: ' + ' -> '.join(cycle) for cycle in find_cycles(graph)}
   problems |= floor_violations(graph)
+  problems |= naming_violations(list(graph), set(models.FAMILIES))
   problems |= {f'private: {name} uses {private}' for name, v in found.items()
                for private in v.private}
   for path in package_modules().values():
@@ -192,6 +215,19 @@ def test_the_floors_allow_the_arrows_that_run_down():
   assert not floor_violations(graph)
   assert floor_violations({'vit_jax.newfolder.x': set()}) == {
       'floor: vit_jax.newfolder.x is in a folder FLOORS has no rule for'}
+
+
+@pytest.mark.parametrize('module,named_after', [
+    ('vit_jax.checkpoint.swin_keys', 'swin'),  # a family
+    ('vit_jax.checkpoint.bit_npz', 'bit'),
+    ('vit_jax.checkpoint.timm_import', 'timm'),  # a foreign library
+    ('vit_jax.checkpoint.hf_keys', 'hf'),
+    ('vit_jax.checkpoint.torch_models', 'torch'),
+])
+def test_a_shared_module_named_after_a_family_or_library_is_reported(module, named_after):
+  problems = naming_violations([module, 'vit_jax.models.swin.timm_keys', 'vit_jax.checkpoint.tree',
+                                'vit_jax.checkpoint.big_vision'], {'swin', 'bit', 'vit'})
+  assert [p.split(';')[0] for p in problems] == [f'name: {module} is named after {named_after!r}']
 
 
 @pytest.mark.parametrize('source,expected', [
