@@ -5,7 +5,7 @@ import pytest
 @pytest.fixture(scope='session')
 def timm():
   """The timm module, or a clean skip where torch or timm is not installed."""
-  from vit_jax.checkpoint.timm_import import import_timm  # pylint: disable=g-import-not-at-top
+  from vit_jax.models.timm_import import import_timm  # pylint: disable=g-import-not-at-top
   try:
     return import_timm()
   except ImportError as e:

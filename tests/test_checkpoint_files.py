@@ -1,5 +1,5 @@
 """The checkpoint package's guarantees: one atomic writer, one state-dict reader, one error
-hierarchy, one meaning of a Swin `.npz`, family records instead of name switches."""
+hierarchy, one meaning of an `.npz`, family records instead of name switches."""
 
 import os
 import subprocess
@@ -11,8 +11,9 @@ from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.checkpoint import big_vision
 from vit_jax.checkpoint import files
-from vit_jax.checkpoint import swin_keys
 from vit_jax.checkpoint import tree
+from vit_jax.models import loader
+from vit_jax.models.swin import timm_keys as swin_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,8 +102,7 @@ def test_state_dict_errors_are_checkpoint_errors(tmp_path):
     files.read_state_dict(tmp_path / 'bad.pth')
   with pytest.raises(checkpoint.StateDictError, match='checkpoint.load'):
     files.read_state_dict(_touch(tmp_path / 'x.npz'))
-  for error in (checkpoint.StateDictError, checkpoint.ConversionError,
-                checkpoint.SwinCheckpointError):
+  for error in (checkpoint.StateDictError, checkpoint.ConversionError):
     assert issubclass(error, checkpoint.CheckpointError) and issubclass(error, ValueError)
 
 
@@ -128,13 +128,24 @@ def test_a_swin_npz_is_our_tree_and_dotted_keys_are_a_state_dict(tmp_path):
   np.savez(tmp_path / 'timm.npz', **swin_keys.to_state_dict(params))
   np.savez(tmp_path / 'official.npz', **swin_keys.to_official_state_dict(params))
   for name in ('ours.npz', 'timm.npz', 'official.npz'):
-    loaded = tree.flatten(checkpoint.load(tmp_path / name))
-    assert sorted(loaded) == sorted(tree.flatten(params)), name
+    # Formats are chosen in models/: the loader reads a state dict saved with numpy by the key
+    # map of its family (the official layout's merges numbered one stage lower, `head` for
+    # timm's `head.fc`: the same tree).
+    file = loader.read_file(tmp_path / name)
+    assert file.format == 'npz' and sorted(file.params) == sorted(tree.flatten(params)), name
     for key, value in tree.flatten(params).items():
-      np.testing.assert_array_equal(loaded[key], value, err_msg=f'{name}: {key}')
+      np.testing.assert_array_equal(file.params[key], value, err_msg=f'{name}: {key}')
+  assert sorted(tree.flatten(checkpoint.load(tmp_path / 'ours.npz'))) == sorted(file.params)
+  # checkpoint/ names no family: its `load` reads `/`-keyed layouts and points elsewhere.
+  with pytest.raises(checkpoint.CheckpointError, match='torch state dict.*models.loader'):
+    checkpoint.load(tmp_path / 'official.npz')
   np.savez(tmp_path / 'other.npz', **{'blocks.0.attn.qkv.weight': np.zeros((6, 2))})
-  with pytest.raises(checkpoint.SwinCheckpointError, match='dotted.*unknown keys: blocks.0'):
-    checkpoint.load(tmp_path / 'other.npz')
+  with pytest.raises(checkpoint.ConversionError, match='no key map reads.*blocks.0.attn.qkv'):
+    loader.read_file(tmp_path / 'other.npz')
+  # A Swin state dict with a key Swin does not have: named.
+  np.savez(tmp_path / 'extra.npz', **swin_keys.to_state_dict(params), **{'pos_embed': np.zeros(2)})
+  with pytest.raises(checkpoint.ConversionError, match='Not a Swin state dict.*pos_embed'):
+    loader.read_file(tmp_path / 'extra.npz')
 
 
 def test_families_are_looked_up_not_named():

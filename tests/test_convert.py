@@ -13,9 +13,9 @@ from helpers import random_images
 from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax.checkpoint import hf_keys
-from vit_jax.checkpoint import timm_keys
-from vit_jax.checkpoint import torch_models
+from vit_jax.models.vit import hf_keys
+from vit_jax.models.vit import timm_keys
+from vit_jax.models.vit import torch_model
 from vit_jax.tools import convert
 
 SIZE = 32
@@ -59,7 +59,7 @@ def to_torch(x):
 @pytest.fixture(scope='module')
 def transformers():
   """transformers, or a clean skip where it or torch is not installed."""
-  from vit_jax.checkpoint.timm_import import import_transformers  # pylint: disable=g-import-not-at-top
+  from vit_jax.models.timm_import import import_transformers  # pylint: disable=g-import-not-at-top
   try:
     importlib.import_module('torch')
     return import_transformers()
@@ -223,7 +223,7 @@ def test_hybrid_logits_equal_timms_with_its_conventions(timm, tmp_path):
   model = models.VisionTransformer(
       num_classes=10, patches={'size': (1, 1)}, hidden_size=32,
       transformer={'num_layers': 1, 'mlp_dim': 64, 'num_heads': 4},
-      resnet={'num_layers': (1, 1), 'width_factor': 1, **torch_models.TIMM_HYBRID_EPS})
+      resnet={'num_layers': (1, 1), 'width_factor': 1, **torch_model.TIMM_HYBRID_EPS})
   x = images()
   with torch.no_grad():
     expected = source(to_torch(x)).numpy()
@@ -340,7 +340,7 @@ def test_tools_import_without_torch_transformers_tensorflow_or_orbax():
   assert out.stdout.strip().splitlines()[-1] == '[]'
 
 
-def test_swin_goes_through_swin_keys_and_matches_timm(timm, tmp_path):
+def test_swin_goes_through_its_key_map_and_matches_timm(timm, tmp_path):
   """A timm Swin state dict converts to our Swin and back unchanged; --check's numbers agree."""
   import torch  # pylint: disable=g-import-not-at-top
   from vit_jax.tools import parity  # pylint: disable=g-import-not-at-top

@@ -9,6 +9,7 @@ from helpers import randomize
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.checkpoint import resize
+from vit_jax.models import loader
 
 
 @pytest.mark.parametrize('old,new', [((8, 8), (8, 8)), ((8, 8), (12, 12)), ((8, 8), (16, 16)),
@@ -103,25 +104,22 @@ def test_posemb_resize_timm_is_timms_resample_abs_pos_embed(timm, old, new):
   assert np.abs(zoom - theirs).max() > 0.05  # The default (original's) resize differs.
 
 
-def test_resize_options_reach_the_loader_from_the_config(tmp_path):
-  from vit_jax.training import base_config  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import train  # pylint: disable=g-import-not-at-top
+def test_resize_options_reach_the_fit_through_the_loader(tmp_path):
   params = randomize(_flexi_vit(8).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params'])
   checkpoint.save(params, tmp_path / 'flexi.npz')
-  config = base_config.get_config()
-  config.model_name = 'ViT-Ti_16'
-  config.model = dict(patches={'size': (4, 4)}, hidden_size=16, classifier='gap',
-                      transformer={'num_layers': 1, 'mlp_dim': 32, 'num_heads': 2})
-  config.pretrained_path = str(tmp_path / 'flexi.npz')
-  model = train.create_model(config, 3)
+  model = models.get_model('ViT-Ti_16', num_classes=3, patches={'size': (4, 4)}, hidden_size=16,
+                           classifier='gap',
+                           transformer={'num_layers': 1, 'mlp_dim': 32, 'num_heads': 2})
+
+  def load(**options):
+    return loader.load_pretrained(tmp_path / 'flexi.npz', model, (40, 40),
+                                  model_name='ViT-Ti_16', **options)[0]
+
   with pytest.raises(checkpoint.CheckpointError, match='config.resample_patch_embedding'):
-    train.load_pretrained(config, model, (40, 40, 3))[0]
-  config.resample_patch_embedding = True
-  config.posemb_resize = 'nearest'
+    load()
   with pytest.raises(checkpoint.CheckpointError, match="posemb_resize='nearest'"):
-    train.load_pretrained(config, model, (40, 40, 3))[0]
-  config.posemb_resize = 'timm'
-  loaded = train.load_pretrained(config, model, (40, 40, 3))[0]
+    load(resample_patch_embedding=True, posemb_resize='nearest')
+  loaded = load(resample_patch_embedding=True, posemb_resize='timm')
   np.testing.assert_allclose(
       loaded['Transformer']['posembed_input']['pos_embedding'],
       resize.interpolate_posembed(params['Transformer']['posembed_input']['pos_embedding'],

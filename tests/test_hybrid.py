@@ -12,8 +12,8 @@ from helpers import random_images
 from helpers import random_params
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax.checkpoint import torch_models
 from vit_jax.models.bit import model as bit_model
+from vit_jax.models.vit import torch_model
 
 # Parameter counts of the original library at 224 px with 1000 classes.
 ORIGINAL_COUNTS = {
@@ -73,7 +73,7 @@ def test_outputs_and_options():
   assert original.shape == (2, 5)
   # The epsilons are wired through: timm's convention moves the logits, but only a little.
   timm_like = apply(models.get_model('R26+ViT-S_32', num_classes=5, resnet={
-      'num_layers': (1, 1), **torch_models.TIMM_HYBRID_EPS}, **TINY), params)
+      'num_layers': (1, 1), **torch_model.TIMM_HYBRID_EPS}, **TINY), params)
   assert 1e-7 < np.abs(original - timm_like).max() < 1e-2
 
 
@@ -138,7 +138,7 @@ def test_logits_match_timm(timm, tmp_path, ours, theirs, depth):
   sqrt(var + 1e-8) and GroupNorm eps 1e-5, so our model takes those epsilons here (the
   original's differ, see test_outputs_and_options); GELU is exact on both sides."""
   import torch  # pylint: disable=g-import-not-at-top
-  model = models.get_model(ours, num_classes=10, resnet=torch_models.TIMM_HYBRID_EPS,
+  model = models.get_model(ours, num_classes=10, resnet=torch_model.TIMM_HYBRID_EPS,
                            transformer={'gelu_approximate': False, 'num_layers': depth})
   params = random_params(model, 64)
   path = tmp_path / 'hybrid.npz'

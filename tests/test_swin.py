@@ -17,9 +17,11 @@ from helpers import count_params
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.checkpoint import files
-from vit_jax.checkpoint import resize
-from vit_jax.checkpoint import swin_keys
+from vit_jax.models import loader
+from vit_jax.models.swin import bias_tables
 from vit_jax.models.swin import model as swin_model
+from vit_jax.models.swin import pretrained
+from vit_jax.models.swin import timm_keys as swin_keys
 
 # timm's (and the paper's) parameter counts with 1000 classes.
 PARAM_COUNTS = {'Swin-T': 28_288_354, 'Swin-S': 49_606_258, 'Swin-B': 87_768_224,
@@ -211,7 +213,7 @@ def test_logits_match_timm_224(timm, swin_t_224, tmp_path):
   torch.save({'model': {k: torch.from_numpy(np.asarray(v)) for k, v in official.items()}},
              tmp_path / 'swin_tiny.pth')
   shapes = jax.eval_shape(model.init, jax.random.key(0), images[:1])['params']
-  loaded = checkpoint.load_pretrained_swin(tmp_path / 'swin_tiny.pth', shapes)
+  loaded = pretrained.fit_pretrained(files.read_state_dict(tmp_path / 'swin_tiny.pth'), shapes)
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
   np.testing.assert_array_equal(apply(loaded, images), logits)
 
@@ -225,7 +227,8 @@ def test_logits_match_timm_224(timm, swin_t_224, tmp_path):
   checkpoint.save(params, tmp_path / 'swin.npz')
   np.savez(tmp_path / 'swin_state_dict.npz', **swin_keys.to_official_state_dict(params))
   for name in ('swin.npz', 'swin_state_dict.npz'):
-    jax.tree.map(np.testing.assert_array_equal, checkpoint.load(tmp_path / name), params)
+    jax.tree.map(np.testing.assert_array_equal,
+                 checkpoint.unflatten(loader.read_file(tmp_path / name).params), params)
   assert swin_keys.to_official_state_dict(params).keys() == {
       k for k in official if not k.endswith(('relative_position_index', 'attn_mask'))}
 
@@ -240,7 +243,7 @@ def test_logits_match_timm_256_window_8(timm, swin_t_224):
 
   direct = timm.create_model(TIMM_NAME, pretrained=False, num_classes=10, img_size=256,
                              window_size=8).eval()
-  params = checkpoint.load_pretrained_swin(randomize_timm(direct, seed=1), shapes)
+  params = pretrained.fit_pretrained(randomize_timm(direct, seed=1), shapes)
   np.testing.assert_allclose(apply(params, images), torch_logits(direct, images), atol=1e-4,
                              rtol=0)
 
@@ -251,7 +254,7 @@ def test_logits_match_timm_256_window_8(timm, swin_t_224):
                                   window_size=8).eval()
   torch_state = {k: torch.from_numpy(v) for k, v in state_dict_224.items()}
   transferred.load_state_dict(swin_transformer.checkpoint_filter_fn(torch_state, transferred))
-  params = checkpoint.load_pretrained_swin(state_dict_224, shapes, method='geometric')
+  params = pretrained.fit_pretrained(state_dict_224, shapes, method='geometric')
   expected = torch_logits(transferred, images)
   assert np.abs(expected).max() > 0.3
   np.testing.assert_allclose(apply(params, images), expected, atol=1e-4, rtol=0)
@@ -276,16 +279,16 @@ def test_transfer_224_window_7_to_384_window_12():
   source = models.get_model('Swin-T', num_classes=1000)
   shapes = jax.eval_shape(source.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
   rng = np.random.default_rng(0)
-  pretrained = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+  source_params = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
   target = models.get_model('Swin-T-384', num_classes=10)
-  params = checkpoint.load_pretrained_swin(pretrained, jax.eval_shape(
+  params = pretrained.fit_pretrained(source_params, jax.eval_shape(
       target.init, jax.random.key(0), jnp.zeros((1, 384, 384, 3)))['params'])
 
-  old = pretrained['layers_2']['blocks_3']['attn']['relative_position_bias_table']
+  old = source_params['layers_2']['blocks_3']['attn']['relative_position_bias_table']
   new = params['layers_2']['blocks_3']['attn']['relative_position_bias_table']
   assert old.shape == (169, 12) and new.shape == (529, 12)
   np.testing.assert_array_equal(params['head']['kernel'], 0.)  # 1000 -> 10 classes: reset.
-  np.testing.assert_array_equal(params['norm']['scale'], pretrained['norm']['scale'])
+  np.testing.assert_array_equal(params['norm']['scale'], source_params['norm']['scale'])
   logits = jax.jit(target.apply)({'params': params},
                                  jax.random.normal(jax.random.key(1), (1, 384, 384, 3)))
   assert logits.shape == (1, 10) and np.all(np.isfinite(logits))
@@ -297,22 +300,22 @@ def test_transfer_224_window_7_to_384_window_12():
 def test_table_resize_methods():
   table = np.random.default_rng(0).standard_normal((169, 3)).astype(np.float32)
   np.testing.assert_array_equal(
-      resize.resize_relative_position_bias_table(table, 7), table)
+      bias_tables.resize_relative_position_bias_table(table, 7), table)
   flat = np.full((169, 2), 0.7, np.float32)
   for method in ('bicubic', 'geometric'):
     np.testing.assert_allclose(
-        resize.resize_relative_position_bias_table(flat, 12, method=method), 0.7,
+        bias_tables.resize_relative_position_bias_table(flat, 12, method=method), 0.7,
         atol=1e-6)
   # Downsizing too (window 7 -> 4), against torch.
-  np.testing.assert_allclose(resize.resize_relative_position_bias_table(table, 4),
+  np.testing.assert_allclose(bias_tables.resize_relative_position_bias_table(table, 4),
                              bicubic_reference(table, 7), atol=1e-5, rtol=0)
   non_square = np.zeros((3 * 7, 2), np.float32)
   with pytest.raises(ValueError, match='not of a square window'):
-    resize.resize_relative_position_bias_table(non_square, 4)
-  assert resize.resize_relative_position_bias_table(
+    bias_tables.resize_relative_position_bias_table(non_square, 4)
+  assert bias_tables.resize_relative_position_bias_table(
       non_square, (3, 5), old_window=(2, 4)).shape == (5 * 9, 2)
   with pytest.raises(ValueError, match='Unknown resize method'):
-    resize.resize_relative_position_bias_table(table, 4, method='nearest')
+    bias_tables.resize_relative_position_bias_table(table, 4, method='nearest')
 
 
 def test_load_pretrained_heads_and_errors(tmp_path):
@@ -320,23 +323,25 @@ def test_load_pretrained_heads_and_errors(tmp_path):
   x = jnp.zeros((1, 32, 32, 3))
   params = random_params(model, x)
   files.write_state_dict(swin_keys.to_state_dict(params), tmp_path / 'tiny.safetensors')
-  same = checkpoint.load_pretrained_swin(tmp_path / 'tiny.safetensors', params)
+  same = pretrained.fit_pretrained(files.read_state_dict(tmp_path / 'tiny.safetensors'), params)
   jax.tree.map(np.testing.assert_array_equal, same, params)  # Same classes: head kept.
-  reset = checkpoint.load_pretrained_swin(params, params, reset_head=True)
+  reset = pretrained.fit_pretrained(params, params, reset_head=True)
   np.testing.assert_array_equal(reset['head']['kernel'], 0.)
   headless = jax.eval_shape(tiny(num_classes=None).init, jax.random.key(0), x)['params']
-  assert 'head' not in checkpoint.load_pretrained_swin(params, headless)
+  assert 'head' not in pretrained.fit_pretrained(params, headless)
 
   state = swin_keys.to_state_dict(params)
-  with pytest.raises(checkpoint.SwinCheckpointError, match='unknown keys: pos_embed'):
+  with pytest.raises(checkpoint.ConversionError,
+                     match='Not a Swin state dict; unknown keys: pos_embed'):
     swin_keys.from_state_dict({**state, 'pos_embed': np.zeros((1, 4))})
   partial = {k: v for k, v in state.items() if not k.startswith('layers.1.blocks.1.mlp.fc2')}
   with pytest.raises(checkpoint.CheckpointError, match='missing keys: layers_1/blocks_1/mlp/fc2'):
-    checkpoint.load_pretrained_swin(partial, params)
+    pretrained.fit_pretrained(partial, params)
   wider = random_params(tiny(embed_dim=32), x)
   with pytest.raises(checkpoint.CheckpointError, match=r'shape mismatch at patch_embed/norm/bias'):
-    checkpoint.load_pretrained_swin(wider, params)
-  with pytest.raises(checkpoint.SwinCheckpointError, match=r'Linear weight'):
+    pretrained.fit_pretrained(wider, params)
+  with pytest.raises(checkpoint.ConversionError,
+                     match=r'Swin head.weight must be a \(out, in\) Linear weight'):
     swin_keys.from_state_dict({**state, 'norm.weight': state['norm.weight'],
                                'head.fc.weight': np.zeros(3)})
   with pytest.raises(FileNotFoundError):

@@ -7,9 +7,9 @@ import pytest
 from helpers import randomize
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax.checkpoint import architecture
-from vit_jax.checkpoint import timm_keys
-from vit_jax.checkpoint import torch_models
+from vit_jax.models.vit import architecture
+from vit_jax.models.vit import timm_keys
+from vit_jax.models.vit import torch_model
 
 
 def _tiny(classifier='token', **options):
@@ -37,9 +37,9 @@ def test_options_match_timm(timm, classifier, options):
   params = randomize(model.init(jax.random.key(0), images[:1])['params'], scale=0.5)
   flat = checkpoint.flatten(params)
   # The parameters our converter sees must be exactly the model's.
-  assert architecture.vit_config_from_params(flat).get('reg_tokens', 0) == options.get(
+  assert architecture.config_from_params(flat).get('reg_tokens', 0) == options.get(
       'reg_tokens', 0)
-  theirs = torch_models.timm_vit({**config, 'transformer': config['transformer']},
+  theirs = torch_model.timm_vit({**config, 'transformer': config['transformer']},
                            gelu_approximate=False, image_size=32)
   state = {k: torch.from_numpy(v) for k, v in timm_keys.to_timm(flat).items()}
   theirs.load_state_dict(state, strict=True)  # Every timm tensor has a counterpart in ours.

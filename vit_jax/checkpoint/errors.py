@@ -1,7 +1,8 @@
 """The errors of reading, converting and fitting checkpoints: one hierarchy.
 
 Every error is a `CheckpointError`, itself a `ValueError`, so callers (the command-line tools)
-catch one type. The subclasses say where the problem lies.
+catch one type. The subclasses say where the problem lies; a family's converters raise them
+with messages that name the family.
 """
 
 
@@ -15,7 +16,3 @@ class StateDictError(CheckpointError):
 
 class ConversionError(CheckpointError):
   """Parameters that the target format cannot represent, or a malformed source."""
-
-
-class SwinCheckpointError(ConversionError):
-  """A Swin state dict that cannot be converted to our parameters (or back)."""

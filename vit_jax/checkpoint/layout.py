@@ -1,9 +1,12 @@
-"""`.npz` layouts: how a family's checkpoint keys map to our flat parameter paths and back.
+"""`.npz` layouts: how a file's keys map to our flat parameter paths and back.
 
 The original ViT and hybrid files use our names verbatim (our modules are named after them), so
 their layout only squeezes the (1, 1, 1, C) GroupNorm parameters that early flax wrote. Other
-layouts (BiT, big_vision, Swin state dicts saved as `.npz`) live in their own modules;
-`npz.LAYOUTS` lists them all.
+layouts (big_transfer's, big_vision's) live in their own modules; `npz.LAYOUTS` lists them all.
+
+Every layout is `/`-keyed. An `.npz` of dotted torch names (`is_state_dict_npz`) is a state dict
+saved with numpy, not a layout: `npz.load` refuses it, and `models.formats` reads it with the key
+map of the family it belongs to.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ _GROUPNORM_RE = re.compile(r'gn(\d+|_root|_proj)$')
 
 
 class Layout(NamedTuple):
-  """How one family's checkpoint keys map to our flat parameter paths."""
+  """How one file layout's keys map to our flat parameter paths."""
   name: str
   matches_checkpoint: Callable[[Sequence[str]], bool]  # on the file's keys
   matches_params: Callable[[Sequence[str]], bool]  # on our flat parameter paths
   to_params: Callable[[FlatParams], FlatParams]
   from_params: Callable[[FlatParams], FlatParams]
+
+
+def is_state_dict_npz(keys: Sequence[str]) -> bool:
+  """Whether `.npz` keys are a torch state dict saved with numpy: dotted names, none `/`-joined."""
+  return all('/' not in key for key in keys) and any('.' in key for key in keys)
 
 
 def _vit_to_params(flat: FlatParams) -> FlatParams:

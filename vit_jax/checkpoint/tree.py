@@ -51,6 +51,13 @@ def unflatten(flat: Mapping[str, Any], sep: str = '/') -> Params:
   return tree
 
 
+def leaf_shape(flat: Mapping[str, Any], key: str, kind: str) -> tuple[int, ...]:
+  """The shape of `flat[key]`; CheckpointError saying the parameters are not a `kind` otherwise."""
+  if key not in flat:
+    raise CheckpointError(f'Not a {kind} checkpoint: it has no {key!r}')
+  return tuple(np.shape(flat[key]))
+
+
 def to_numpy(value: Any) -> np.ndarray:
   """A host array that any numpy reads back: bfloat16 and float8 widened to float32."""
   array = np.asarray(value)

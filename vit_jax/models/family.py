@@ -2,9 +2,10 @@
 
 A family (ViT with its hybrids, Swin, BiT, ResNet v1, the CIFAR CNN) is its Flax module, its zoo
 entries, its default input normalisation, how to read its architecture from parameters, its timm /
-Hugging Face key maps, its torch counterpart for parity checks, and its pre-trained loader. Each
-family's folder (`models/vit/`, `models/swin/`, ...) builds its record in `family.py`;
-`models.registry` lists them. Training, the tools and conversion look a family up and use these
+Hugging Face key maps, its torch counterpart for parity checks, and how pre-trained parameters are
+fitted to a fresh model. Each family's folder (`models/vit/`, `models/swin/`, ...) holds all of
+its code, its converters included, and builds its record in `family.py`; `models.registry` lists
+them. Training, the tools and conversion look a family up and use these
 fields; none of them branches on a family's name.
 """
 
@@ -18,15 +19,15 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 
-from vit_jax.checkpoint import architecture
 from vit_jax.checkpoint import pretrained
 
 FlatParams = dict[str, np.ndarray]
 Config = dict[str, Any]
-# (a checkpoint's parameters, nested; the model's initial parameters; the model; its input
-# (h, w, c); keyword options of `pretrained.load_pretrained` the family may use) -> the
-# parameters fitted to the model (fresh head, resized embeddings).
-PretrainedLoader = Callable[..., Any]
+# (a checkpoint's parameters, nested; the model's initial parameters; the model; its input size
+# (h, w); keyword options of `checkpoint.fit_pretrained`, posemb_resize and
+# resample_patch_embedding, which the family may use) -> the parameters fitted to the model
+# (fresh head, resized embeddings).
+FitPretrained = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,8 @@ class KeyMap:
                             FlatParams]
   to_state_dict: Callable[[FlatParams], FlatParams]
   gelu_approximate: bool | None = None  # the GELU form the family's files imply; None: unknown
+  # Suffixes of state-dict entries that are buffers the library rebuilds (dropped on loading).
+  buffers: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Family:
   module: type[nn.Module]
   configs: Mapping[str, ml_collections.ConfigDict]  # its zoo entries, by name
   normalization: str  # default pixel normalisation (`data.image_io.normalize`)
-  load_pretrained: PretrainedLoader
+  fit_pretrained: FitPretrained
   # The default resolution of a model of this family whose parameters are `flat`.
   image_size: Callable[[FlatParams, nn.Module], tuple[int, int]]
   # Fields a zoo model takes from the checkpoint it is loaded with (head size, ...).
@@ -111,7 +114,7 @@ def merge(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Config:
 
 def head_fields(flat: FlatParams) -> Config:
   """The head size a checkpoint's parameters give a zoo model."""
-  return {'num_classes': architecture.num_classes(flat)}
+  return {'num_classes': pretrained.num_classes(flat)}
 
 
 def pretraining_size(flat: FlatParams, model: nn.Module) -> tuple[int, int]:
@@ -119,15 +122,14 @@ def pretraining_size(flat: FlatParams, model: nn.Module) -> tuple[int, int]:
   return 224, 224
 
 
-def load_pretrained_npz(params: Mapping[str, Any], init_params: Mapping[str, Any],
-                        model: nn.Module, image_shape: tuple[int, int, int],
-                        **options: Any) -> Any:
-  """`checkpoint.load_pretrained` for the `.npz` families (position embeddings to the grid)."""
+def fit_original(params: Mapping[str, Any], init_params: Mapping[str, Any], model: nn.Module,
+                 image_size: tuple[int, int], **options: Any) -> Any:
+  """`checkpoint.fit_pretrained`, the original library's fit, with the model's patch grid."""
   grid = None
   if hasattr(model, 'patches') and getattr(model, 'resnet', None) is None:
     ph, pw = model.patches['size']
-    grid = (image_shape[0] // ph, image_shape[1] // pw)
-  return pretrained.load_pretrained(
-      pretrained_path=params, init_params=init_params,
+    grid = (image_size[0] // ph, image_size[1] // pw)
+  return pretrained.fit_pretrained(
+      params, init_params=init_params,
       model_config={'representation_size': getattr(model, 'representation_size', None)},
       grid=grid, **options)

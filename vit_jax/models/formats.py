@@ -1,11 +1,15 @@
 """The checkpoint formats `convert` reads and writes, as a table: each detects, reads, writes.
 
 - `npz`: the original library's `.npz` (what `checkpoint.save` writes), in any `npz.LAYOUTS`.
+  One whose keys are all dotted torch names (`checkpoint.layout.is_state_dict_npz`) is a state
+  dict saved with numpy: it is read as a timm state dict is, by the key map of the family whose
+  map accepts its keys (Swin's reads the official and timm layouts), and refused, with its keys
+  named, when none does. `checkpoint.load` reads `/`-keyed layouts only.
 - `timm`: a timm state dict, `.safetensors` or `.pth`/`.pt`/`.bin`, of any family whose record
   has a timm key map (ViT and hybrids, Swin).
 - `hf`: a `transformers` folder (`config.json` + `model.safetensors`), or a bare HF state dict
-  when reading, of any family with an HF key map (ViT). See `hf_keys` for what HF ViT cannot
-  represent.
+  when reading, of any family with an HF key map (ViT). See `models/vit/hf_keys.py` for what HF
+  ViT cannot represent.
 
 Every format reads into, and writes from, our flat parameters (original `.npz` keys). Which
 family's key map applies is decided by the keys (`registry.of_state_dict`, `registry.of_params`).
@@ -22,11 +26,12 @@ from typing import Any, Callable, Mapping, NamedTuple
 import numpy as np
 
 from vit_jax.checkpoint import files
-from vit_jax.checkpoint import hf_keys
 from vit_jax.checkpoint import npz
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import ConversionError
+from vit_jax.checkpoint.layout import is_state_dict_npz
 from vit_jax.models import registry
+from vit_jax.models.vit import hf_keys
 
 FlatParams = dict[str, np.ndarray]
 _HF_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')
@@ -60,7 +65,10 @@ def _extension(path: str) -> str:
 
 
 def _read_npz(path: str, state: FlatParams | None, num_heads: int | None) -> Loaded:
-  return Loaded(tree.flatten(npz.load(path)), 'npz', None)
+  flat = files.read_npz(path)
+  if is_state_dict_npz(list(flat)):  # A state dict saved with numpy: the npz format's rule.
+    return _read_state_dict(path, flat, num_heads, 'npz')
+  return Loaded(tree.flatten(npz.to_params(flat)), 'npz', None)
 
 
 def _write_npz(params: FlatParams, path: str, gelu_approximate: bool) -> None:
@@ -71,14 +79,21 @@ def _write_npz(params: FlatParams, path: str, gelu_approximate: bool) -> None:
 # timm.
 
 
-def _read_timm(path: str, state: FlatParams | None, num_heads: int | None) -> Loaded:
+def _read_state_dict(path: str, state: FlatParams, num_heads: int | None, fmt: str) -> Loaded:
+  """A torch state dict, read by the timm key map of the family that accepts its keys."""
   try:
     family = registry.of_state_dict(list(state), 'timm')
   except ValueError as e:
-    raise ConversionError(f'{path}: {e} (a ViT has patch_embed.proj.weight and '
-                          'blocks.0.attn.qkv.weight)') from e
+    raise ConversionError(
+        f'{path} holds a torch state dict that no key map reads ({e}); its keys begin '
+        f'{", ".join(sorted(state)[:6])} (a timm ViT has patch_embed.proj.weight and '
+        'blocks.0.attn.qkv.weight)') from e
   key_map = family.timm
-  return Loaded(key_map.from_state_dict(state, num_heads, None), 'timm', key_map.gelu_approximate)
+  return Loaded(key_map.from_state_dict(state, num_heads, None), fmt, key_map.gelu_approximate)
+
+
+def _read_timm(path: str, state: FlatParams | None, num_heads: int | None) -> Loaded:
+  return _read_state_dict(path, state, num_heads, 'timm')
 
 
 def _write_timm(params: FlatParams, path: str, gelu_approximate: bool) -> None:

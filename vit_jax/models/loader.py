@@ -1,8 +1,8 @@
 """The one loader: any model file, with its model card and state, as a model ready to run.
 
 Every tool (`classify`, `visualize`, `fewshot`), the distillation teacher and fine-tuning's
-pre-trained load read model files through here, so they accept the same files and fail the same
-way. A file is anything `tools.convert` reads (`.npz` in any layout, timm `.safetensors`/`.pth`,
+pre-trained load (`load_pretrained`) read model files through here, so they accept the same files
+and fail the same way. A file is anything `tools.convert` reads (`.npz` in any layout, timm `.safetensors`/`.pth`,
 a Hugging Face folder); beside it, a training export's model card (`model.json`) and state
 sidecar (`model_state.npz`, BatchNorm statistics) are read when present (`models.card`). The
 architecture of ViT, hybrid and Swin parameters is read from their shapes, so released and
@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, NamedTuple
 
+from absl import logging
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from vit_jax.checkpoint import architecture
 from vit_jax.checkpoint import pretrained
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import CheckpointError
@@ -108,7 +109,7 @@ def load(path: str | os.PathLike, model_name: str | None = None, *,
 
 def _check_card(card: Mapping[str, Any], flat: Mapping[str, Any],
                 model_name: str | None) -> None:
-  heads = architecture.num_classes(flat)
+  heads = pretrained.num_classes(flat)
   if heads is not None and heads != card['num_classes']:
     raise CheckpointError(
         f'The model card says {card["num_classes"]} classes, but the checkpoint\'s head has '
@@ -175,17 +176,8 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
     image_size = (image_size, image_size)
 
   all_shapes = registry.init_shapes(model, image_size)
-  shapes = all_shapes['params']
-  state = {}
-  for collection, expected_state in all_shapes.items():
-    if collection == 'params':
-      continue
-    if not model_state or collection not in model_state:
-      raise CheckpointError(
-          f'{model_name or "The model"} has {collection!r} (e.g. BatchNorm statistics), but none '
-          'were given: a training export keeps them in <name>_state.npz beside the parameters')
-    state[collection] = pretrained.inspect_params(params=model_state[collection],
-                                                  expected=expected_state)
+  shapes = all_shapes.pop('params')
+  state = _fit_state(model_state, all_shapes, model_name or 'The model')
   # Zero-strided stand-ins: inspect_params reads shapes and dtypes, never values.
   expected = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
   scanned = any(k.startswith('Transformer/encoderblock/') for k in tree.flatten(expected))
@@ -200,3 +192,62 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
   names = tuple(card['class_names']) if card and card.get('class_names') else None
   return LoadedModel(model, params, tuple(image_size), normalization, family.name, state, names,
                      card['pp_eval'] if card else None)
+
+
+def _fit_state(model_state: Mapping[str, Any] | None, expected: Mapping[str, Any],
+               model_name: str) -> dict[str, Any]:
+  """The model's non-parameter collections (`expected`, by name) from `model_state`, checked.
+
+  Raises:
+    CheckpointError: a collection the model has is missing, or does not fit (named).
+  """
+  missing = sorted(set(expected) - set(model_state or {}))
+  if missing:
+    raise CheckpointError(
+        f'{model_name} has the collections {missing} (e.g. BatchNorm statistics), which the '
+        'checkpoint\'s state lacks: a training export keeps them in <name>_state.npz beside '
+        'the parameters')
+  return {collection: pretrained.inspect_params(params=model_state[collection], expected=shapes)
+          for collection, shapes in expected.items()}
+
+
+def load_pretrained(path: str | os.PathLike, model: nn.Module, image_size: tuple[int, int], *,
+                    model_name: str, seed: int = 0, posemb_resize: str = 'zoom',
+                    resample_patch_embedding: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+  """A pre-trained file fitted to a fresh `model` for fine-tuning: (params, model state).
+
+  The file is any that `read_file` reads. The model is initialised with `PRNGKey(seed)` for its
+  fresh head (the model's own initialiser computes it, so this init computes values, not only
+  shapes), then the family's `fit_pretrained` fits the file's parameters to it (head replaced,
+  position embeddings resized, ...). The state is the file's exported non-parameter collections
+  (BatchNorm statistics), checked as `load_model` checks them; None where the file has none (the
+  model's initial state is then the one to use) or the model needs none.
+
+  Args:
+    path: the pre-trained file.
+    model: the model to fine-tune (with its new head size).
+    image_size: the (height, width) it is fine-tuned at.
+    model_name: its zoo name (gives its family, and the attention heads timm files lack).
+    seed: the seed of the fresh head's initialisation.
+    posemb_resize: how position embeddings are resized (`checkpoint.resize.POSEMB_METHODS`).
+    resample_patch_embedding: resample a patch embedding of another patch size (FlexiViT)
+      instead of raising.
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    CheckpointError: the file does not fit the model, every problem named.
+  """
+  file = read_file(path, model_name=model_name)
+  image_size = tuple(image_size)
+  init_params = jax.device_get(jax.jit(lambda: model.init(
+      jax.random.PRNGKey(seed), jnp.zeros((1, *image_size, 3)), train=False))()['params'])
+  params = registry.of_model(model_name).fit_pretrained(
+      tree.unflatten(file.params), init_params, model, image_size, posemb_resize=posemb_resize,
+      resample_patch_embedding=resample_patch_embedding)
+  logging.info('Loaded pre-trained parameters from %s (%s)', path, file.format)
+  expected = registry.init_shapes(model, image_size)
+  expected.pop('params')
+  if not file.model_state or not expected:
+    return params, None
+  return params, _fit_state(file.model_state, expected, model_name)

@@ -15,7 +15,6 @@ import numpy as np
 
 from vit_jax import models
 from vit_jax.checkpoint import files
-from vit_jax.checkpoint import swin_keys
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import ConversionError
 
@@ -24,7 +23,7 @@ _HF_ARCHITECTURES = ('ViTForImageClassification', 'ViTModel')
 
 def _hf_outputs(folder: str, pixels: Any, has_pre_logits: bool) -> np.ndarray:
   import torch  # pylint: disable=g-import-not-at-top
-  from vit_jax.checkpoint import timm_import  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import timm_import  # pylint: disable=g-import-not-at-top
   transformers = timm_import.import_transformers()
   with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
     architecture_name = json.load(f).get('architectures', [_HF_ARCHITECTURES[0]])[0]
@@ -47,9 +46,10 @@ def _timm_outputs(path: str, family: models.Family, config: Mapping[str, Any], p
     raise ConversionError(f'The {family.name} family has no torch counterpart to check against')
   model = family.torch_model(config, image_size=pixels.shape[-1],
                              gelu_approximate=gelu_approximate)
-  # The official Swin layout (and old timm) store buffers that current timm rebuilds.
+  # Some layouts (the official Swin release, old timm) store buffers that current timm rebuilds.
+  buffers = family.timm.buffers if family.timm is not None else ()
   state = {k: torch.from_numpy(np.array(v)) for k, v in files.read_state_dict(path).items()
-           if not k.endswith(swin_keys.BUFFERS)}
+           if not k.endswith(buffers)}
   model.load_state_dict(state, strict=True)
   with torch.no_grad():
     return model(pixels).numpy()

@@ -32,9 +32,9 @@ from PIL import Image
 
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax.checkpoint import architecture
 from vit_jax.data import image_io
 from vit_jax.models import loader
+from vit_jax.models.vit import architecture
 from vit_jax.tools import interpret
 
 SUBCOMMANDS = ('attention', 'rollout', 'posemb', 'filters', 'curves')

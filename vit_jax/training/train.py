@@ -22,14 +22,12 @@ from typing import Any, Callable, Iterator
 
 from absl import logging
 from clu import metric_writers
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from vit_jax import checkpoint
-from vit_jax import models
 from vit_jax.data import input_pipeline
 from vit_jax.data import preprocess
 from vit_jax.models import card
@@ -47,39 +45,6 @@ TrainData = Callable[[ml_collections.ConfigDict, input_pipeline.Source, int, int
 
 # ---------------------------------------------------------------------------------------------
 # The job.
-
-
-def load_pretrained(config: ml_collections.ConfigDict, model: nn.Module,
-                    image_shape: tuple[int, int, int]) -> tuple[Any, Any | None]:
-  """`config.pretrained_path` prepared for `model` at `image_shape`: (params, model state).
-
-  The file is any the one loader reads (`models.loader`); the family's loader fits it to the
-  model (fresh head, resized position embeddings). The state is the file's exported BatchNorm
-  statistics, checked against `model`; None where the file has none or the model needs none.
-  """
-  file = loader.read_file(config.pretrained_path, model_name=config.model_name)
-  # The fresh head comes from the model's own initialiser (zeros by default), so this one init
-  # computes values rather than only shapes.
-  init_params = jax.device_get(jax.jit(lambda: model.init(
-      jax.random.PRNGKey(int(config.seed)), jnp.zeros((1,) + image_shape), train=False))()
-                               ['params'])
-  family = models.of_model(config.model_name)
-  params = family.load_pretrained(
-      checkpoint.unflatten(file.params), init_params, model, image_shape,
-      posemb_resize=config.get('posemb_resize', 'zoom'),
-      resample_patch_embedding=bool(config.get('resample_patch_embedding', False)))
-  logging.info('Loaded pre-trained parameters from %s (%s)', config.pretrained_path, file.format)
-  shapes = models.init_shapes(model, image_shape[:2])
-  wanted = {k: v for k, v in shapes.items() if k != 'params'}
-  if not file.model_state or not wanted:
-    return params, None
-  missing = sorted(set(wanted) - set(file.model_state))
-  if missing:
-    raise checkpoint.CheckpointError(
-        f'{card.state_path_for(config.pretrained_path)} lacks the collections {missing} of '
-        f'{config.model_name}')
-  return params, {k: checkpoint.inspect_params(params=file.model_state[k], expected=wanted[k])
-                  for k in wanted}
 
 
 def _validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -160,11 +125,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             jax.process_count() / config.batch_size)
     config.total_steps = total_steps
 
-  image_shape = (*config.image_size, 3)
   params, pretrained_state = None, None
   if config.get('pretrained_path'):
-    params, pretrained_state = load_pretrained(config, create_model(config, num_classes),
-                                               image_shape)
+    params, pretrained_state = loader.load_pretrained(
+        config.pretrained_path, create_model(config, num_classes), config.image_size,
+        model_name=config.model_name, seed=int(config.seed),
+        posemb_resize=config.get('posemb_resize', 'zoom'),
+        resample_patch_embedding=bool(config.get('resample_patch_embedding', False)))
   teacher, teacher_variables = None, None
   if config.get('distillation'):
     teacher, teacher_variables = distill.load_teacher(config, num_classes)

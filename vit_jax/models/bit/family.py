@@ -7,6 +7,6 @@ from vit_jax.models.bit.model import ResNetV2
 FAMILY = family.Family(
     name='bit', module=ResNetV2, configs=zoo.CONFIGS,
     normalization='zero_one',
-    load_pretrained=family.load_pretrained_npz, image_size=family.pretraining_size,
+    fit_pretrained=family.fit_original, image_size=family.pretraining_size,
     fields_from_params=family.head_fields,
 )

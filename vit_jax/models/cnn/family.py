@@ -7,6 +7,6 @@ from vit_jax.models.cnn.model import CifarCNN
 FAMILY = family.Family(
     name='cnn', module=CifarCNN, configs=zoo.CONFIGS,
     normalization='imagenet',
-    load_pretrained=family.load_pretrained_npz, image_size=family.pretraining_size,
+    fit_pretrained=family.fit_original, image_size=family.pretraining_size,
     fields_from_params=family.head_fields,
 )

@@ -7,6 +7,6 @@ from vit_jax.models.resnet.model import ResNet
 FAMILY = family.Family(
     name='resnet', module=ResNet, configs=zoo.CONFIGS,
     normalization='imagenet',
-    load_pretrained=family.load_pretrained_npz, image_size=family.pretraining_size,
+    fit_pretrained=family.fit_original, image_size=family.pretraining_size,
     fields_from_params=family.head_fields,
 )

@@ -7,12 +7,11 @@ from typing import Any, Mapping
 import flax.linen as nn
 import numpy as np
 
-from vit_jax.checkpoint import architecture
-from vit_jax.checkpoint import hf_keys
-from vit_jax.checkpoint import timm_keys
-from vit_jax.checkpoint import torch_models
-from vit_jax.checkpoint import tree
 from vit_jax.models import family
+from vit_jax.models.vit import architecture
+from vit_jax.models.vit import hf_keys
+from vit_jax.models.vit import timm_keys
+from vit_jax.models.vit import torch_model
 from vit_jax.models.vit import zoo
 from vit_jax.models.vit import zoo_hybrid
 from vit_jax.models.vit.model import Encoder
@@ -20,7 +19,7 @@ from vit_jax.models.vit.model import VisionTransformer
 
 
 def _fields(flat: family.FlatParams) -> family.Config:
-  config = architecture.vit_config_from_params(flat)
+  config = architecture.config_from_params(flat)
   fields = {'representation_size': config['representation_size'],
             'num_classes': config['num_classes']}
   if config.get('distilled'):
@@ -29,7 +28,7 @@ def _fields(flat: family.FlatParams) -> family.Config:
 
 
 def _image_size(flat: family.FlatParams, model: nn.Module) -> tuple[int, int]:
-  return architecture.vit_image_size(flat, architecture.vit_config_from_params(flat))
+  return architecture.image_size(flat, architecture.config_from_params(flat))
 
 
 def _from_timm(state: Mapping[str, np.ndarray], num_heads: int | None,
@@ -51,22 +50,22 @@ def _torch_conventions(config: family.Config, gelu_approximate: bool) -> family.
   # than the two conventions (which move logits by about 1e-4).
   overrides: family.Config = {'transformer': {'gelu_approximate': gelu_approximate}}
   if config.get('resnet'):
-    overrides['resnet'] = torch_models.TIMM_HYBRID_EPS
+    overrides['resnet'] = torch_model.TIMM_HYBRID_EPS
   return overrides
 
 
 FAMILY = family.Family(
     name='vit', module=VisionTransformer, configs={**zoo.CONFIGS, **zoo_hybrid.CONFIGS},
     normalization='minus_one_one',
-    load_pretrained=family.load_pretrained_npz, image_size=_image_size,
+    fit_pretrained=family.fit_original, image_size=_image_size,
     fields_from_params=_fields,
-    matches_params=lambda flat: architecture.is_vit(tree.unstack_encoder(dict(flat))),
-    config_from_params=architecture.vit_config_from_params,
+    matches_params=architecture.matches,
+    config_from_params=architecture.config_from_params,
     # timm's ViTs run the exact GELU.
     timm=family.KeyMap(timm_keys.is_timm_vit, _from_timm, timm_keys.to_timm,
                        gelu_approximate=False),
     hf=family.KeyMap(hf_keys.is_hf_vit, _from_hf, lambda flat: hf_keys.to_hf(flat)[0]),
-    torch_model=lambda config, *, image_size, gelu_approximate: torch_models.timm_vit(
+    torch_model=lambda config, *, image_size, gelu_approximate: torch_model.timm_vit(
         config, image_size=image_size, gelu_approximate=gelu_approximate),
     torch_conventions=_torch_conventions,
     global_attention=True,

@@ -7,13 +7,11 @@ State dicts come in two layouts:
 - timm (current): `layers.{i}.downsample` opens stage i (i = 1 .. n-1), the classifier is
   `head.fc`, no buffers.
 
-Both are read; buffers are always dropped (`models_swin` recomputes them from static shapes).
-`to_state_dict` writes timm's current layout, `to_official_state_dict` the official one.
-
-A Swin `.npz` is our `/`-keyed parameter tree (what `checkpoint.save` and a training export
-write). An `.npz` whose keys are all dotted torch names (no `/`) is a state dict that someone
-saved with numpy: `STATE_DICT_NPZ_LAYOUT` reads it when it is a Swin state dict and names the
-unknown keys otherwise. Nothing here imports torch.
+Both are read; buffers are always dropped (`model.py` recomputes them from static shapes).
+`to_state_dict` writes timm's current layout, `to_official_state_dict` the official one. The
+family record uses this map as its `timm` key map, so it reads any file whose keys it matches:
+`.pth`, `.safetensors`, and an `.npz` of dotted torch names (`models.formats`). A Swin `.npz` of
+`/`-keys is our parameter tree, which `checkpoint.load` reads. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,8 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vit_jax.checkpoint import tree
-from vit_jax.checkpoint.errors import SwinCheckpointError
-from vit_jax.checkpoint.layout import Layout
+from vit_jax.checkpoint.errors import ConversionError
 
 Params = dict[str, Any]
 StateDict = dict[str, np.ndarray]
@@ -52,8 +49,6 @@ def has_bias_tables(keys: Sequence[str]) -> bool:
   return any(key.endswith(TABLE) for key in keys)
 
 
-
-
 def _is_official_layout(keys: Sequence[str]) -> bool:
   # Stage 0 never opens with a merge; only the official layout has a downsample numbered 0.
   return any(key.startswith('layers.0.downsample.') for key in keys)
@@ -66,7 +61,7 @@ def _convert_value(key: str, value: np.ndarray) -> tuple[str, np.ndarray]:
   value = np.asarray(value, np.float32)
   if leaf == TABLE:
     if value.ndim != 2:
-      raise SwinCheckpointError(f'{key} must be (positions, heads), got shape {value.shape}')
+      raise ConversionError(f'Swin {key} must be (positions, heads), got shape {value.shape}')
     new_leaf = TABLE
   elif leaf == 'bias':
     new_leaf = 'bias'
@@ -74,14 +69,14 @@ def _convert_value(key: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     new_leaf = 'scale'
   elif parent == 'proj' and parts[0] == 'patch_embed':
     if value.ndim != 4:
-      raise SwinCheckpointError(f'{key} must be a (out, in, kh, kw) conv, got {value.shape}')
+      raise ConversionError(f'Swin {key} must be a (out, in, kh, kw) conv, got {value.shape}')
     new_leaf, value = 'kernel', value.transpose(2, 3, 1, 0)
   else:
     if value.ndim != 2:
-      raise SwinCheckpointError(f'{key} must be a (out, in) Linear weight, got {value.shape}')
+      raise ConversionError(f'Swin {key} must be a (out, in) Linear weight, got {value.shape}')
     new_leaf, value = 'kernel', value.T
   if leaf in ('bias', 'weight') and new_leaf != 'kernel' and value.ndim != 1:
-    raise SwinCheckpointError(f'{key} must be a vector, got shape {value.shape}')
+    raise ConversionError(f'Swin {key} must be a vector, got shape {value.shape}')
   path = _INDEX_RE.sub(r'_\1', '.'.join(parts[:-1])).replace('.', '/')
   return f'{path}/{new_leaf}', value
 
@@ -90,17 +85,17 @@ def from_state_dict(state_dict: Mapping[str, Any]) -> Params:
   """Converts an official or timm Swin state dict (numpy arrays) to our nested parameters.
 
   Raises:
-    SwinCheckpointError: naming every key that is not a Swin parameter or buffer, and any
+    ConversionError: naming every key that is not a Swin parameter or buffer, and any
       parameter with the wrong number of dimensions.
   """
   keys = [key for key in state_dict if not key.endswith(BUFFERS)]
   unknown = [key for key in keys if not any(r.match(key) for r in _KEY_RES)]
   if unknown:
-    raise SwinCheckpointError(
+    raise ConversionError(
         'Not a Swin state dict; unknown keys: ' + ', '.join(
             f'{key} {tuple(np.shape(state_dict[key]))}' for key in unknown))
   if not keys:
-    raise SwinCheckpointError('The state dict holds no Swin parameters')
+    raise ConversionError('The state dict holds no Swin parameters')
   official = _is_official_layout(keys)
   flat = {}
   for key in keys:
@@ -111,7 +106,7 @@ def from_state_dict(state_dict: Mapping[str, Any]) -> Params:
     name = re.sub(r'^head\.fc\.', 'head.', name)
     path, value = _convert_value(name, np.asarray(state_dict[key]))
     if path in flat:
-      raise SwinCheckpointError(f'{key} maps to {path}, which another key already filled')
+      raise ConversionError(f'Swin {key} maps to {path}, which another key already filled')
     flat[path] = value
   return tree.unflatten(flat)
 
@@ -131,7 +126,7 @@ def to_state_dict(params: Mapping[str, Any]) -> StateDict:
     if key.startswith('head.'):
       key = 'head.fc.' + key[len('head.'):]
     if not any(r.match(key) for r in _KEY_RES):
-      raise SwinCheckpointError(f'{path} is not a Swin parameter (would be saved as {key})')
+      raise ConversionError(f'{path} is not a Swin parameter (would be saved as {key})')
     state_dict[key] = value
   return state_dict
 
@@ -143,25 +138,3 @@ def to_official_state_dict(params: Mapping[str, Any]) -> StateDict:
     key = _DOWNSAMPLE_RE.sub(lambda m: f'layers.{int(m.group(1)) - 1}.downsample.', key)
     state_dict[re.sub(r'^head\.fc\.', 'head.', key)] = value
   return state_dict
-
-
-def _is_state_dict_npz(keys: Sequence[str]) -> bool:
-  return all('/' not in key for key in keys) and any('.' in key for key in keys)
-
-
-def _state_dict_npz_to_params(flat: StateDict) -> StateDict:
-  try:
-    return tree.flatten(from_state_dict(flat))
-  except SwinCheckpointError as e:
-    raise SwinCheckpointError(
-        f'An .npz of dotted (torch) keys is read as a Swin state dict, the only kind vit_jax '
-        f'reads from .npz; save other models with checkpoint.save. {e}') from e
-
-
-STATE_DICT_NPZ_LAYOUT = Layout(
-    name='swin_state_dict',
-    matches_checkpoint=_is_state_dict_npz,
-    matches_params=lambda keys: False,  # `checkpoint.save` writes the parameter tree.
-    to_params=_state_dict_npz_to_params,
-    from_params=to_state_dict,
-)

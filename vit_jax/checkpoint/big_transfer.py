@@ -1,8 +1,11 @@
-"""BiT (big_transfer) `.npz` files: TF-style names under `resnet/` <-> our ResNetV2 parameters.
+"""big_transfer `.npz` files: TF-style names under `resnet/` <-> our ResNetV2 parameter paths.
 
-GroupNorm is `gamma`/`beta`, the head a 1x1 conv, units zero-padded (`unit01`). Norm and conv of
-one letter (a, b, c) are our gn{i} and conv{i}; `a/proj` is the projection shortcut. Some files
-number their convs `standardized_conv2d_N` (Keras layer naming), which means the same thing.
+The layout of the files Google's `big_transfer` code wrote (the BiT releases), named after that
+code as `big_vision` is after its own: an `.npz` key layout that `checkpoint.load` reads like the
+others, with no model code. GroupNorm is `gamma`/`beta`, the head a 1x1 conv, units zero-padded
+(`unit01`). Norm and conv of one letter (a, b, c) are our gn{i} and conv{i}; `a/proj` is the
+projection shortcut. Some files number their convs `standardized_conv2d_N` (Keras layer naming),
+which means the same thing.
 """
 
 from __future__ import annotations
@@ -47,31 +50,33 @@ def _rename(name: str, fixed: Mapping[str, str], unit_leaves: Mapping[str, str])
 
 
 def _path(key: str) -> str:
-  """A BiT file key -> our parameter path."""
+  """A big_transfer file key -> our parameter path."""
   path = None
   if key.startswith(_PREFIX):
     name = _CONV_N_RE.sub(r'\1standardized_conv2d/', key[len(_PREFIX):])
     path = _rename(name, _FIXED, {v: k for k, v in _UNIT_LEAVES.items()})
   if path is None:
-    raise CheckpointError(f'Unrecognised key in a BiT checkpoint: {key}')
+    raise CheckpointError(f'Unrecognised key in a big_transfer (BiT) checkpoint: {key}')
   return path
 
 
 def _key(path: str) -> str:
-  """Our parameter path -> the BiT file key."""
+  """Our parameter path -> the big_transfer file key."""
   name = _rename(path, {v: k for k, v in _FIXED.items()}, _UNIT_LEAVES)
   if name is None:
-    raise CheckpointError(f'Parameter {path} has no place in the BiT checkpoint layout')
+    raise CheckpointError(
+        f'Parameter {path} has no place in the big_transfer (BiT) checkpoint layout')
   return _PREFIX + name
 
 
 def to_params(flat: FlatParams) -> FlatParams:
-  """BiT file keys -> our flat ResNetV2 parameters."""
+  """big_transfer file keys -> our flat ResNetV2 parameters."""
   out, sources = {}, {}
   for key, value in flat.items():
     path = _path(key)
     if path in out:
-      raise CheckpointError(f'BiT checkpoint keys {sources[path]} and {key} both hold {path}')
+      raise CheckpointError(
+          f'big_transfer checkpoint keys {sources[path]} and {key} both hold {path}')
     value = np.asarray(value)
     if path == 'head/kernel':
       value = value.reshape(value.shape[-2:])  # 1x1 conv (1, 1, C, n) -> Dense (C, n).
@@ -82,7 +87,7 @@ def to_params(flat: FlatParams) -> FlatParams:
 
 
 def from_params(flat: FlatParams) -> FlatParams:
-  """Our flat ResNetV2 parameters -> BiT file keys."""
+  """Our flat ResNetV2 parameters -> big_transfer file keys."""
   out = {}
   for path, value in flat.items():
     if path == 'head/kernel':
@@ -92,7 +97,7 @@ def from_params(flat: FlatParams) -> FlatParams:
 
 
 LAYOUT = Layout(
-    name='bit',
+    name='big_transfer',
     matches_checkpoint=lambda keys: any(key.startswith(_PREFIX) for key in keys),
     matches_params=lambda keys: any(key.startswith('gn_pre_head/') for key in keys),
     to_params=to_params,

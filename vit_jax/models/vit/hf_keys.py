@@ -24,10 +24,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from vit_jax.checkpoint.errors import ConversionError
-from vit_jax.checkpoint.timm_keys import conv_from_torch
-from vit_jax.checkpoint.timm_keys import conv_to_torch
-from vit_jax.checkpoint.timm_keys import default_num_heads
-from vit_jax.checkpoint.timm_keys import dense_to_linear
+from vit_jax.models.vit.timm_keys import conv_from_torch
+from vit_jax.models.vit.timm_keys import conv_to_torch
+from vit_jax.models.vit.timm_keys import default_num_heads
+from vit_jax.models.vit.timm_keys import dense_to_linear
 
 FlatParams = dict[str, np.ndarray]
 

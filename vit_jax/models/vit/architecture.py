@@ -1,11 +1,10 @@
-"""The architecture that checkpoint parameters describe, read from their shapes.
+"""The ViT (or hybrid) architecture that checkpoint parameters describe, read from their shapes.
 
 The released `.npz` files carry no config, but ViT and hybrid parameters pin the architecture
 down: widths, depth, heads (query kernels are (D, heads, D/heads)), patch size, classifier, head
 and representation sizes, the ResNet stages of hybrids, and the training resolution (position
-embedding grid times the total stride). So do Swin's (heads and window from the relative position
-bias tables). The results are config dicts; the family records (`vit_jax.models`) build
-models from them.
+embedding grid times the total stride). The results are config dicts; the family record
+(`family.py`) builds models from them.
 """
 
 from __future__ import annotations
@@ -16,28 +15,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vit_jax.checkpoint import swin_keys
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import CheckpointError
 
 _BLOCK_RE = re.compile(r'^Transformer/encoderblock_(\d+)/')
 _UNIT_RE = re.compile(r'^block(\d+)/unit(\d+)/')
-_SWIN_BLOCK_RE = re.compile(r'^layers_(\d+)/blocks_(\d+)/')
 _MHA = 'MultiHeadDotProductAttention_1'
 
 
 def _shape(flat: Mapping[str, Any], key: str) -> tuple[int, ...]:
-  if key not in flat:
-    raise CheckpointError(f'Not a ViT checkpoint: it has no {key!r}')
-  return tuple(np.shape(flat[key]))
+  return tree.leaf_shape(flat, key, 'ViT')
 
 
-def is_vit(flat: Mapping[str, Any]) -> bool:
-  """Whether flat parameters (unstacked, `/`-joined) are a ViT or hybrid ViT."""
+def matches(flat: Mapping[str, Any]) -> bool:
+  """Whether flat (`/`-joined) parameters, scanned or per-block, are a ViT or hybrid ViT."""
+  flat = tree.unstack_encoder(dict(flat))
   return 'embedding/kernel' in flat and any(_BLOCK_RE.match(k) for k in flat)
 
 
-def vit_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+def config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
   """The `VisionTransformer` fields (and `num_classes`) that fit flat ViT/hybrid parameters.
 
   Fields the parameters cannot show keep the original library's values: dropout 0 and the tanh
@@ -112,7 +108,7 @@ def feature_stride(config: Mapping[str, Any]) -> int:
   return patch * 4 * 2**max(len(resnet['num_layers']) - 1, 0)
 
 
-def vit_image_size(flat: Mapping[str, Any], config: Mapping[str, Any],
+def image_size(flat: Mapping[str, Any], config: Mapping[str, Any],
                    default: int = 224) -> tuple[int, int]:
   """The resolution a ViT checkpoint was trained at, from its position-embedding grid."""
   key = 'Transformer/posembed_input/pos_embedding'
@@ -126,48 +122,3 @@ def vit_image_size(flat: Mapping[str, Any], config: Mapping[str, Any],
         'image size explicitly')
   stride = feature_stride(config)
   return side * stride, side * stride
-
-
-def is_swin(flat: Mapping[str, Any]) -> bool:
-  """Whether flat parameters (or state-dict keys) are a Swin Transformer's."""
-  return swin_keys.has_bias_tables(list(flat))
-
-
-def swin_config_from_params(flat: Mapping[str, Any]) -> dict[str, Any]:
-  """The `SwinTransformer` fields (and `num_classes`) that fit flat Swin parameters.
-
-  Heads come from the relative position bias tables ((2w - 1)^2, heads), which also give the
-  window w; widths and the MLP ratio from the first block's kernels.
-  """
-  kernel = _shape(flat, 'patch_embed/proj/kernel')
-  depths: dict[int, set[int]] = {}
-  for match in filter(None, map(_SWIN_BLOCK_RE.match, flat)):
-    depths.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
-  stages = sorted(depths)
-  if not stages or stages != list(range(len(stages))):
-    raise CheckpointError(f'Swin stages {stages} are missing or have gaps')
-  heads, windows = [], set()
-  for i in stages:
-    rows, num_heads = _shape(flat, f'layers_{i}/blocks_0/attn/relative_position_bias_table')
-    heads.append(num_heads)
-    windows.add((math.isqrt(rows) + 1) // 2)
-  # Stages whose map fits in one window use a smaller table; the largest is the configured one.
-  embed_dim = kernel[-1]
-  mlp_hidden = _shape(flat, 'layers_0/blocks_0/mlp/fc1/kernel')[-1]
-  return dict(
-      embed_dim=embed_dim, depths=tuple(len(depths[i]) for i in stages), num_heads=tuple(heads),
-      window_size=max(windows), patch_size=kernel[0], mlp_ratio=mlp_hidden / embed_dim,
-      num_classes=_shape(flat, 'head/kernel')[-1] if 'head/kernel' in flat else None)
-
-
-def swin_image_size(config: Mapping[str, Any]) -> int:
-  """The released resolution of a Swin config: the last stage's map is one window."""
-  window = config['window_size']
-  window = window if isinstance(window, int) else window[0]
-  return window * config['patch_size'] * 2**(len(config['depths']) - 1)
-
-
-def num_classes(flat: Mapping[str, Any]) -> int | None:
-  """Head size of any family: the last axis of the head kernel (Dense or 1x1 conv)."""
-  heads = [k for k in flat if k.split('/')[0] == 'head' and k.endswith('kernel')]
-  return int(np.shape(flat[heads[0]])[-1]) if heads else None

@@ -1,15 +1,15 @@
-"""The torch counterparts of our models (timm), for parity checks and benchmarks.
+"""timm's counterpart of our ViTs and hybrids, for parity checks and benchmarks.
 
-torch and timm are imported inside the functions (through `timm_import`): importing this module
-needs neither.
+torch and timm are imported inside the functions (through `models.timm_import`): importing this
+module needs neither.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from vit_jax.checkpoint import architecture
 from vit_jax.checkpoint.errors import ConversionError
+from vit_jax.models import timm_import
 
 # timm's hybrid ResNet backbones exist only as registered models with these stage layouts (x1).
 _TIMM_HYBRIDS = {(): 'vit_tiny_r_s16_p8_224', (2, 2, 2, 2): 'vit_small_r26_s32_224',
@@ -18,11 +18,6 @@ _TIMM_HYBRIDS = {(): 'vit_tiny_r_s16_p8_224', (2, 2, 2, 2): 'vit_small_r26_s32_2
 # GroupNorm 1e-5 (the original uses `(w - m) / (std + 1e-5)` and GroupNorm 1e-6). Pass to our
 # hybrid as `resnet={..., **TIMM_HYBRID_EPS}`.
 TIMM_HYBRID_EPS = {'conv_eps': 1e-8, 'conv_eps_in_sqrt': True, 'gn_eps': 1e-5}
-
-
-def _timm():
-  from vit_jax.checkpoint.timm_import import import_timm  # pylint: disable=g-import-not-at-top
-  return import_timm()
 
 
 def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
@@ -34,7 +29,7 @@ def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
     gelu_approximate: tanh GELU (the original library) or exact erf (timm's default).
     image_size: input side in pixels.
   """
-  timm = _timm()
+  timm = timm_import.import_timm()
   transformer = config['transformer']
   pools = {'token': 'token', 'gap': 'avg', 'map': 'map'}
   if config['classifier'] not in pools:
@@ -63,17 +58,3 @@ def timm_vit(config: Mapping[str, Any], *, gelu_approximate: bool = True,
     raise ConversionError(f"timm has no hybrid with ResNet stages {resnet['num_layers']} x"
                           f"{resnet['width_factor']}")
   return timm.create_model(name, pretrained=False, **kwargs).eval()
-
-
-def timm_swin(config: Mapping[str, Any], *, image_size: int | None = None) -> Any:
-  """timm's SwinTransformer with the architecture of our Swin `config` (plus `num_classes`).
-
-  `image_size` defaults to the released resolution of the config (one window at the last stage).
-  """
-  timm = _timm()
-  return timm.models.swin_transformer.SwinTransformer(
-      img_size=image_size or architecture.swin_image_size(config),
-      patch_size=config['patch_size'],
-      embed_dim=config['embed_dim'], depths=tuple(config['depths']),
-      num_heads=tuple(config['num_heads']), window_size=config['window_size'],
-      mlp_ratio=config['mlp_ratio'], num_classes=config.get('num_classes') or 0).eval()
