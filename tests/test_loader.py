@@ -89,6 +89,43 @@ def test_one_exception_type_for_a_missing_state(tmp_path):
     loader.load(tmp_path / 'nothing.npz')
 
 
+def test_load_pretrained_fits_the_file_and_checks_its_state_as_load_model_does(tmp_path):
+  resnet = dict(num_layers=(1,), width=8)
+  source = models.get_model('ResNet-18', num_classes=10, **resnet)
+  shapes = models.init_shapes(source, (32, 32))
+  params = random_params(source, np.zeros((1, 32, 32, 3), np.float32))
+  path = tmp_path / 'resnet.npz'
+  checkpoint.save(params, path)
+  target = models.get_model('ResNet-18', num_classes=3, **resnet)
+
+  def load():
+    return loader.load_pretrained(path, target, (32, 32), model_name='ResNet-18', seed=4)
+
+  # No state beside the file: the parameters fitted (the fresh head the model's initialiser gives
+  # with the seed), no state (the model's initial one is used).
+  fitted, state = load()
+  assert state is None
+  fresh = target.init(jax.random.PRNGKey(4), np.zeros((1, 32, 32, 3), np.float32),
+                      train=False)['params']
+  flat, flat_source = checkpoint.flatten(fitted), checkpoint.flatten(params)
+  for key, value in checkpoint.flatten(fresh).items():
+    expected = value if key.startswith('head/') else flat_source[key]
+    np.testing.assert_array_equal(flat[key], expected, err_msg=key)
+  # The exported statistics beside it are the state.
+  stats = jax.tree.map(lambda s: np.full(s.shape, 0.25, s.dtype), shapes['batch_stats'])
+  checkpoint.save({'batch_stats': stats}, card_lib.state_path_for(path))
+  _, state = load()
+  jax.tree.map(np.testing.assert_array_equal, state['batch_stats'], stats)
+  # A state without the model's collection: one check, one error, as the loader's.
+  other = {'other': {'x': np.zeros(2, np.float32)}}
+  checkpoint.save(other, card_lib.state_path_for(path))
+  with pytest.raises(checkpoint.CheckpointError, match=r"\['batch_stats'\]") as fitting:
+    load()
+  with pytest.raises(checkpoint.CheckpointError) as loading:
+    loader.load_model(params, 'ResNet-18', model_state=other, **resnet)
+  assert str(fitting.value) == str(loading.value)
+
+
 def test_the_few_shot_probe_compiles_once_per_job(tmp_path):
   root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 12), ('test', 6)))
   config = tiny_config.for_data(dict(dataset='imagefolder', data_dir=root))

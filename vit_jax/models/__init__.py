@@ -3,10 +3,14 @@
   registry    every family and zoo entry: `get_model`, `MODEL_CONFIGS`, `init_shapes`, lookups
   family      the `Family` record a family folder fills in
   layers      layers the families share (attention, MLP, drop path)
-  vit/ swin/ bit/ resnet/ cnn/   each: `model.py` (the Flax module), `zoo.py`, `family.py`
+  vit/ swin/ bit/ resnet/ cnn/   each: `model.py` (the Flax module), `zoo.py`, `family.py`, and
+              the family's own conversion code (ViT, Swin: `architecture.py`, `timm_keys.py`,
+              `torch_model.py`; ViT's `hf_keys.py`; Swin's `pretrained.py`, `bias_tables.py`)
+  timm_import imports timm / transformers safely, for the torch counterparts and the tests
   card        the model card and state sidecar a training export writes beside its `.npz`
   formats     the file formats `tools.convert` reads and writes
-  loader      the one loader: any model file (+ card, state) -> model, variables, how to feed it
+  loader      the one loader: any model file (+ card, state) -> model, variables, how to feed it;
+              and fitted to a fresh model for fine-tuning (`load_pretrained`)
 
 As in the original library,
 `models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])` builds a ViT. Imports `checkpoint/` and `data/` only.

@@ -2,11 +2,11 @@
 
 Every tool (`classify`, `visualize`, `fewshot`), the distillation teacher and fine-tuning's
 pre-trained load (`load_pretrained`) read model files through here, so they accept the same files
-and fail the same way. A file is anything `tools.convert` reads (`.npz` in any layout, timm `.safetensors`/`.pth`,
-a Hugging Face folder); beside it, a training export's model card (`model.json`) and state
-sidecar (`model_state.npz`, BatchNorm statistics) are read when present (`models.card`). The
-architecture of ViT, hybrid and Swin parameters is read from their shapes, so released and
-converted files run with at most their zoo name.
+and fail the same way. A file is anything `tools.convert` reads (`.npz` in any layout, timm
+`.safetensors`/`.pth`, a Hugging Face folder); beside it, a training export's model card
+(`model.json`) and state sidecar (`model_state.npz`, BatchNorm statistics) are read when present
+(`models.card`). The architecture of ViT, hybrid and Swin parameters is read from their shapes,
+so released and converted files run with at most their zoo name.
 
 Faults: FileNotFoundError when nothing is at the path; CheckpointError (a ValueError) for every
 file that is there but does not give a runnable model, with the problem named.

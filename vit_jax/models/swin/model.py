@@ -2,7 +2,7 @@
 
 Submodule names follow the PyTorch state dicts of the official release and of timm
 (`layers_{i}/blocks_{j}/attn/qkv`, ...), with `.` turned into `/` and stage/block numbers joined
-by `_`, so that `swin_keys` maps a checkpoint key to our path by renaming alone. As in timm's
+by `_`, so that `timm_keys` maps a checkpoint key to our path by renaming alone. As in timm's
 current layout, the patch merging that opens stage i (i >= 1) lives in `layers_{i}/downsample`.
 
 Relative position indices and shifted-window masks depend only on static shapes: they are numpy
