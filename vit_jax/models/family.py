@@ -5,8 +5,8 @@ entries, its default input normalisation, how to read its architecture from para
 Hugging Face key maps, its torch counterpart for parity checks, and how pre-trained parameters are
 fitted to a fresh model. Each family's folder (`models/vit/`, `models/swin/`, ...) holds all of
 its code, its converters included, and builds its record in `family.py`; `models.registry` lists
-them. Training, the tools and conversion look a family up and use these
-fields; none of them branches on a family's name.
+them. Training, the tools and conversion look a family up and use these fields; none of them
+branches on a family's name.
 """
 
 from __future__ import annotations
