@@ -11,6 +11,7 @@ from helpers import randomize
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.models import outputs
 from vit_jax.training import distill
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -72,9 +73,19 @@ def test_distilled_model_heads():
   params = randomize(model.init(jax.random.key(1), x)['params'])
   assert params['dist'].shape == (1, 1, 32) and 'head_dist' in params
   assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 18, 32)
-  cls_logits, dist_logits = model.apply({'params': params}, x, train=True)
-  np.testing.assert_allclose(model.apply({'params': params}, x), (cls_logits + dist_logits) / 2,
-                             atol=1e-6)
+  # Reference: the encoder's class and distillation tokens, each through its head by hand.
+  tokens = student(classifier='token_unpooled').apply({'params': params}, x)
+  by_hand = {name: tokens[:, i] @ params[head]['kernel'] + params[head]['bias']
+             for i, (name, head) in enumerate([(outputs.CLS_LOGITS, 'head'),
+                                               (outputs.DIST_LOGITS, 'head_dist')])}
+  for train in (True, False):  # One answer in both modes: the two heads' average (DeiT, timm).
+    logits, named, _ = models.apply_with_outputs(model, {'params': params}, x, train=train)
+    np.testing.assert_array_equal(model.apply({'params': params}, x, train=train), logits)
+    np.testing.assert_allclose(logits, (by_hand['cls_logits'] + by_hand['dist_logits']) / 2,
+                               atol=1e-6)
+    for name, expected in by_hand.items():
+      np.testing.assert_allclose(named[name], expected, atol=1e-6, err_msg=name)
+    np.testing.assert_array_equal(named[outputs.FEATURES], tokens[:, 0])
   with pytest.raises(ValueError, match="distilled=True needs classifier 'token'"):
     student(classifier='gap').init(jax.random.key(1), x)
 
@@ -115,6 +126,26 @@ def test_teacher_is_frozen_and_used(tmp_path):
                                                      teacher=teacher))(state, batch,
                                                                        teacher_variables)
   assert float(metrics_other['loss']) != pytest.approx(float(metrics_same['loss']))
+
+
+def test_the_step_pairs_a_distilled_student_with_a_teacher():
+  config = tiny_config.get_config()
+  config.distillation = ml_collections.ConfigDict(dict(teacher_model='CNN-CIFAR', kind='hard'))
+  x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  batch = {'image': x, 'label': jnp.arange(4)}
+  teacher = models.get_model('CNN-CIFAR', num_classes=10)
+  teacher_variables = teacher.init(jax.random.key(2), x)
+  plain = step_lib.create_model(config, 10)
+  tx, schedule = optim.make_optimizer(config, jax.eval_shape(
+      lambda: plain.init(jax.random.PRNGKey(0), x))['params'])
+  state, _ = step_lib.init_state(config, plain, tx, sharding.make_mesh(config.mesh), (32, 32, 3))
+  with pytest.raises(ValueError, match='needs a distilled student'):
+    step_lib.make_train_step(plain, tx, schedule, config, teacher=teacher)(
+        state, batch, teacher_variables)
+  distilled = student()
+  state = state.replace(params=distilled.init(jax.random.key(1), x)['params'])
+  with pytest.raises(ValueError, match='A distilled model needs a teacher'):
+    step_lib.make_train_step(distilled, tx, schedule, config)(state, batch)
 
 
 def test_distilled_checkpoint_round_trip_and_resize(tmp_path):

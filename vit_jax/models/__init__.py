@@ -3,6 +3,7 @@
   registry    every family and zoo entry: `get_model`, `MODEL_CONFIGS`, `init_shapes`, lookups
   family      the `Family` record a family folder fills in
   layers      layers the families share (attention, MLP, drop path)
+  outputs     the output contract: `apply` gives logits; features and DeiT's two heads by name
   vit/ swin/ bit/ resnet/ cnn/   each: `model.py` (the Flax module), `zoo.py`, `family.py`, and
               the family's own conversion code (ViT, Swin: `architecture.py`, `timm_keys.py`,
               `torch_model.py`; ViT's `hf_keys.py`; Swin's `pretrained.py`, `bias_tables.py`)
@@ -16,6 +17,7 @@ As in the original library,
 `models.VisionTransformer(num_classes=..., **models.MODEL_CONFIGS[name])` builds a ViT. Imports `checkpoint/` and `data/` only.
 """
 
+from vit_jax.models.outputs import apply_with_outputs
 from vit_jax.models.registry import by_name
 from vit_jax.models.registry import FAMILIES
 from vit_jax.models.registry import Family

@@ -1,14 +1,15 @@
 """DeiT distillation (Touvron et al. 2021): a frozen teacher supervises the distillation token.
 
 The student is a VisionTransformer with `distilled=True`: a second learnable token `dist` next to
-`cls`, with its own head `head_dist`. In training it returns both heads' logits; at inference
-their average. The teacher is any zoo model with an `.npz` checkpoint; its variables enter the
-jitted train step as a separate argument, so they are never differentiated, updated or saved.
+`cls`, with its own head. It returns the two heads' average in every mode; the train step reads
+each head's logits by name (`models.outputs`: `cls_logits` learns the labels, `dist_logits` the
+teacher). The teacher is any zoo model with an `.npz` checkpoint; its variables enter the jitted
+train step as a separate argument, so they are never differentiated, updated or saved.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ import optax
 from vit_jax import models
 from vit_jax.checkpoint.errors import CheckpointError
 from vit_jax.models import loader
+from vit_jax.models import outputs
 
 
 def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
@@ -50,6 +52,20 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
   if weights is None:
     return jnp.mean(per_example)
   return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.)
+
+
+def student_logits(named: Mapping[str, jax.Array], model: nn.Module
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(class-token logits, distillation-token logits) from a student's named outputs.
+
+  Raises:
+    ValueError: the student has no distillation head (config.model.distilled is not set).
+  """
+  if outputs.DIST_LOGITS not in named:
+    raise ValueError('config.distillation needs a distilled student (config.model.distilled = '
+                     f'True); {getattr(model, "model_name", None) or type(model).__name__} has no '
+                     'distillation head')
+  return named[outputs.CLS_LOGITS], named[outputs.DIST_LOGITS]
 
 
 def _teacher_overrides(dist: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -17,6 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import models
+from vit_jax.models import outputs
+
 # Large, so that the bias is almost unregularised (big_vision's value).
 BIAS_CONSTANT = 100.
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -105,16 +108,14 @@ def features(apply_fn: Callable[[Any, jax.Array], jax.Array], variables: Mapping
 
 
 def pre_logits_fn(model: Any) -> Callable[[Mapping[str, Any], jax.Array], jax.Array]:
-  """A jitted (variables, images) -> pre-logits features (the model without its head).
+  """A jitted (variables, images) -> pre-logits features (the model's `features` output).
 
-  The variables are an argument, not constants of the program: one compilation serves every
-  probe of a run.
+  The head's logits are not returned, so XLA leaves them out. The variables are an argument, not
+  constants of the program: one compilation serves every probe of a run.
   """
-  headless = model.clone(num_classes=None)
-
   def apply(variables, images):
-    params = {k: v for k, v in variables['params'].items() if k not in ('head', 'head_dist')}
-    return headless.apply({**variables, 'params': params}, images, train=False)
+    _, named, _ = models.apply_with_outputs(model, variables, images)
+    return outputs.get(named, outputs.FEATURES, model)
   return jax.jit(apply)
 
 

@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from vit_jax import models
+from vit_jax.models import outputs
 from vit_jax.training import distill
 from vit_jax.training import mixup
 from vit_jax.training import sharding
@@ -134,20 +135,18 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def loss_fn(params, model_state, images, targets, labels, weights, teacher_logits,
               dropout_rng):
-    mutable = list(model_state)
     with nn.logical_axis_rules(rules):
-      out = model.apply({'params': params, **model_state}, images, train=True,
-                        rngs={'dropout': dropout_rng}, mutable=mutable or False)
-    logits, new_model_state = out if mutable else (out, model_state)
-    if isinstance(logits, tuple):  # A distilled ViT: (class-token logits, dist-token logits).
-      if teacher_logits is None:
-        raise ValueError('A distilled model needs a teacher (config.distillation)')
-      cls_logits, dist_logits = logits
+      logits, named, new_model_state = models.apply_with_outputs(
+          model, {'params': params, **model_state}, images, train=True,
+          rngs={'dropout': dropout_rng}, mutable=list(model_state))
+    if teacher_logits is not None:
+      cls_logits, dist_logits = distill.student_logits(named, model)
       loss = distill.distillation_loss(
           cls_logits, dist_logits, targets, teacher_logits, kind=distillation.get('kind', 'hard'),
           alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.),
           weights=weights)
-      logits = (cls_logits + dist_logits) / 2
+    elif outputs.DIST_LOGITS in named:
+      raise ValueError('A distilled model needs a teacher (config.distillation)')
     else:
       loss = weighted_mean(per_example_loss(logits, targets), weights)
     accuracy = weighted_mean(jnp.argmax(logits, -1) == labels, weights)

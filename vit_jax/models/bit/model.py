@@ -22,6 +22,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from vit_jax.models import layers
+from vit_jax.models import outputs
 
 Array = jax.Array
 Dtype = Any
@@ -201,7 +202,8 @@ class ResNetV2(nn.Module):
   zero-padded, as in the BiT files), `gn_pre_head`, and `head` (Dense, zero-initialised).
 
   Attributes:
-    num_classes: head size; None returns the globally pooled features.
+    num_classes: head size; None returns the globally pooled features, which are also sown as
+      `features` (`models.outputs`).
     num_layers: units per stage: (3, 4, 6, 3) R50, (3, 4, 23, 3) R101, (3, 8, 36, 3) R152.
     width_factor: multiplies every width (x1 to x4 in the releases).
     conv_eps: weight standardization `(w - m) / sqrt(var + conv_eps)`: 1e-10 in BiT, 1e-8 in timm.
@@ -247,6 +249,7 @@ class ResNetV2(nn.Module):
 
     x = nn.relu(_group_norm(self.gn_eps, dtype, param_dtype, name='gn_pre_head')(x))
     x = jnp.mean(x, axis=(1, 2))
+    outputs.sow(self, outputs.FEATURES, x)
     if self.num_classes is None:
       return x
     kernel_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()

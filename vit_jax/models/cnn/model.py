@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import layers
+from vit_jax.models import outputs
 
 Array = jax.Array
 
@@ -17,7 +18,8 @@ class CifarCNN(nn.Module):
   """The CIFAR-10 baseline CNN: (3x3 conv, ReLU, 2x2 max-pool) per width, then two Dense.
 
   Attributes:
-    num_classes: head size; None returns the hidden Dense features.
+    num_classes: head size; None returns the hidden Dense features, which are also sown as
+      `features` (`models.outputs`).
     channels: conv widths, one block each.
     hidden_size: width of the Dense layer before the head.
     dtype: compute dtype.
@@ -47,6 +49,7 @@ class CifarCNN(nn.Module):
     x = jnp.reshape(x, (x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden_size, dtype=dtype, param_dtype=param_dtype,
                          name='dense')(x))
+    outputs.sow(self, outputs.FEATURES, x)
     if self.num_classes is None:
       return x
     x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head')(x)

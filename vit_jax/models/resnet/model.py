@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_jax.models import layers
+from vit_jax.models import outputs
 
 Array = jax.Array
 Dtype = Any
@@ -69,7 +70,8 @@ class ResNet(nn.Module):
   (`train=False`) normalises with the running statistics.
 
   Attributes:
-    num_classes: head size; None returns the globally pooled features.
+    num_classes: head size; None returns the globally pooled features, which are also sown as
+      `features` (`models.outputs`).
     num_layers: units per stage: (2, 2, 2, 2) ResNet-18, (3, 4, 6, 3) ResNet-34 and -50.
     bottleneck: bottleneck units (ResNet-50 and deeper) instead of basic ones.
     width: width of the root and of the first stage; doubles per stage.
@@ -112,6 +114,7 @@ class ResNet(nn.Module):
                              name=f'block{s}')(x, train)
 
     x = jnp.mean(x, axis=(1, 2))
+    outputs.sow(self, outputs.FEATURES, x)
     if self.num_classes is None:
       return x
     x = nn.Dense(self.num_classes, dtype=dtype, param_dtype=param_dtype, name='head')(x)

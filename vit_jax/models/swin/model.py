@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import layers
+from vit_jax.models import outputs
 
 Array = jax.Array
 Dtype = Any
@@ -290,7 +291,8 @@ class SwinTransformer(nn.Module):
   """Swin Transformer: hierarchical ViT with shifted-window attention.
 
   Attributes:
-    num_classes: head size; None returns the pooled features (no head parameters).
+    num_classes: head size; None returns the pooled features (no head parameters), which are
+      also sown as `features` (`models.outputs`).
     embed_dim: width C of the first stage; stage i has width C * 2**i.
     depths: blocks per stage.
     num_heads: attention heads per stage.
@@ -356,6 +358,7 @@ class SwinTransformer(nn.Module):
     x = nn.LayerNorm(epsilon=_LN_EPSILON, dtype=dtype, param_dtype=param_dtype, name='norm')(x)
     x = jnp.mean(x, axis=(1, 2))
 
+    outputs.sow(self, outputs.FEATURES, x)
     if self.num_classes is None:
       return x
     kernel_init = nn.initializers.zeros if self.head_zero_init else _dense_init

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import layers
+from vit_jax.models import outputs
 from vit_jax.models.bit import model as bit_model
 
 Array = jax.Array
@@ -242,7 +243,8 @@ class VisionTransformer(nn.Module):
   """ViT (Dosovitskiy et al. 2021), and with `resnet` set the hybrid R+ViT of the same paper.
 
   Attributes:
-    num_classes: head size; None returns the pre-logits features (no head parameters).
+    num_classes: head size; None returns the pre-logits features (no head parameters), which
+      are also sown as `features` (`models.outputs`).
     patches: ConfigDict/dict with `size` (ph, pw), the patch (or, for hybrids, the feature-map
       patch) size.
     transformer: encoder fields (see `Encoder`): num_layers, mlp_dim, num_heads, dropout_rate,
@@ -258,8 +260,9 @@ class VisionTransformer(nn.Module):
     head_zero_init: zero kernel as in the original (fine-tuning); False uses LeCun normal.
     posemb: 'learn' (checkpoint-compatible) or 'sincos2d' (fixed).
     dtype: compute dtype (e.g. 'bfloat16'); parameters stay in `param_dtype`.
-    distilled: DeiT's distillation token `dist` after `cls`, with its own head `head_dist`;
-      training returns (cls logits, dist logits), inference their average.
+    distilled: DeiT's distillation token `dist` after `cls`, with its own head `head_dist`. The
+      model returns the two heads' average in every mode and sows each head's logits as
+      `cls_logits` and `dist_logits` (`models.outputs`), which the train step reads.
     reg_tokens: number of register tokens (`reg`, after `cls`/`dist`, as timm's `reg_token`);
       they take position-embedding rows and are left out of 'gap' and 'map' pooling, as in timm.
     model_name: zoo name, informational.
@@ -347,6 +350,7 @@ class VisionTransformer(nn.Module):
                    name='pre_logits')(x)
       x = jnp.tanh(x)
 
+    outputs.sow(self, outputs.FEATURES, x)
     if self.num_classes is None:
       return x
     kernel_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
@@ -356,6 +360,9 @@ class VisionTransformer(nn.Module):
     x = head(name='head')(x).astype(jnp.float32)
     if x_dist is None:
       return x
-    # DeiT: both heads' logits for the distillation loss in training, their average otherwise.
+    # DeiT: the class-token head learns the labels and the distillation-token head the teacher;
+    # the train step reads the two by name. The answer, in every mode, is their average.
     x_dist = head(name='head_dist')(x_dist).astype(jnp.float32)
-    return (x, x_dist) if train else (x + x_dist) / 2
+    outputs.sow(self, outputs.CLS_LOGITS, x)
+    outputs.sow(self, outputs.DIST_LOGITS, x_dist)
+    return (x + x_dist) / 2
