@@ -1,7 +1,14 @@
 """The training input stream: resumable at any step, repeated augmentation."""
 
-import numpy as np
+import json
+import logging
+import sys
 
+import numpy as np
+import pytest
+
+from helpers import make_image_folder
+from helpers import run_python
 import tiny_config
 from vit_jax.data import input_pipeline
 
@@ -26,3 +33,60 @@ def test_repeated_augmentation_repeats_images_with_different_crops(data_override
   assert (labels == labels[:, :1]).all()  # Three copies of each image in a row...
   images = batch['image'].reshape(10, 3, 32, 32, 3)
   assert not np.array_equal(images[:, 0], images[:, 1])  # ...each augmented differently.
+
+
+
+# The preprocessing of the configs (the quick start's first), every registered op among them.
+_PP = {
+    'quick_start': (None, None),
+    'deit': ('random_resized_crop|flip_lr|randaug("rand-m9-mstd0.5-inc1")|normalize("imagenet")|'
+             'random_erasing(0.25)',
+             'resize_small(36, method="bicubic", antialias=True)|central_crop|'
+             'normalize("imagenet")'),
+    'pretrain': ('inception_crop|flip_lr|randaug("rand-m10-n2")|value_range(-1, 1)',
+                 'resize_small(36, method="area")|central_crop|value_range(-1, 1)'),
+    'bit': ('resize(40)|random_crop(pad=0)|flip_lr|value_range(-1, 1)', 'resize|value_range(-1, 1)'),
+}
+
+
+class _Records(logging.Handler):
+
+  def __init__(self):
+    super().__init__(logging.WARNING)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+def autograph_warnings(sources):
+  """TensorFlow's AutoGraph warnings while the train and eval datasets of every `_PP` are built
+  from each of `sources` (data overrides); building traces all their map functions."""
+  records = _Records()
+  tf_logger = logging.getLogger('tensorflow')
+  tf_logger.addHandler(records)
+  try:
+    for data_overrides in sources:
+      for pp_train, pp_eval in _PP.values():
+        config = tiny_config.for_data(data_overrides)
+        config.pp_train, config.pp_eval = pp_train or config.pp_train, pp_eval or config.pp_eval
+        input_pipeline.train_dataset(config, input_pipeline.get_source(config, 'train'), 8)
+        input_pipeline.eval_dataset(config, input_pipeline.get_source(config, 'test'), 8)
+  finally:
+    tf_logger.removeHandler(records)
+  return [m for m in records.messages if 'AutoGraph' in m]
+
+
+@pytest.mark.slow  # A subprocess.
+def test_pipelines_build_without_autograph_warnings(data_overrides, tmp_path):
+  """AutoGraph converts the Python functions a `map` calls; one it cannot convert logs
+  "AutoGraph could not transform ... report this to the TensorFlow team", which users read as our
+  bug. It warns once per function and process, so a fresh process builds the pipelines."""
+  sources = [data_overrides,
+             dict(dataset='imagefolder', data_dir=make_image_folder(str(tmp_path)))]
+  out = run_python('tests/test_input_pipeline.py', json.dumps(sources))
+  assert json.loads(out.splitlines()[-1]) == []
+
+
+if __name__ == '__main__':
+  print(json.dumps(autograph_warnings(json.loads(sys.argv[1]))))
