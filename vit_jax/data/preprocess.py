@@ -250,7 +250,7 @@ def normalize(stats: str | tuple[tuple[float, ...], tuple[float, ...]] = 'imagen
 
 @register('randaug')
 def randaug(spec: str = 'rand-m9-mstd0.5-inc1') -> Op:
-  """timm's RandAugment from its config string, on uint8 images (vit_jax/augment.py)."""
+  """timm's RandAugment from its config string, on uint8 images (`augment.randaugment`)."""
   return augment.randaugment_op(spec)
 
 
