@@ -298,8 +298,7 @@ def eval_dataset(config: Any, source: Source, local_batch: int) -> tuple[tf.data
             'skipped': tf.pad(1. - batch['mask'], [[0, rows]])}
 
   ds = ds.map(pad)
-  # tf.nest, not jax.tree: AutoGraph converts the Python functions a map calls and cannot
-  # convert jax.tree.map (it warns and asks for a TensorFlow bug report).
+  # tf.nest: AutoGraph cannot convert jax.tree.map (it warns, asking for a TF bug report).
   padding = ds.take(1).map(lambda batch: tf.nest.map_structure(tf.zeros_like, batch))
   ds = ds.concatenate(padding.repeat(num_batches - -(-source.num_examples // local_batch)))
   return ds.prefetch(2), num_batches
