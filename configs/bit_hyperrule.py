@@ -58,7 +58,6 @@ def get_config(arg: str = 'BiT-M-R50x1,cifar10'):
   config.model_name = model_name
   config.dataset = dataset
   config.train_split = train_split
-  config.eval_split = eval_split
   config.image_size = rule['crop']
   config.pp_train = f'resize({rule["resize"]})|random_crop(pad=0)|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize|value_range(-1, 1)'
@@ -77,6 +76,6 @@ def get_config(arg: str = 'BiT-M-R50x1,cifar10'):
   config.lr.boundaries = rule['boundaries']
   config.lr.scales = (0.1,) * len(rule['boundaries'])
   config.grad_clip_norm = 0.0
-  config.eval_every = rule['steps'] // 10
   config.checkpoint_every = rule['steps'] // 10
-  return base_config.with_model_fields(config)
+  config.evals = base_config.held_out_evaluators(dataset, eval_split, every=rule['steps'] // 10)
+  return base_config.finish(config, args)

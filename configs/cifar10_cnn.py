@@ -22,4 +22,4 @@ def get_config(arg: str = ''):
   args = config_args.parse_arg(arg, quick=False)
   config = base_config.cifar10_baseline(base_config.get_config(), quick=args.quick)
   config.model_name = 'CNN-CIFAR'
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

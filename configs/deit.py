@@ -19,7 +19,7 @@ Differences from DeiT's main.py (facebookresearch/deit), kept on purpose:
   kernels, e.g. std 0.036 for B's 768x768 q/k/v against 0.018; normal 0.02 position
   embedding; LeCun-normal patch embedding and heads);
 - DeiT keeps a weight EMA (`--model-ema`, decay 0.99996) that it does not report; add
-  `--config.ema_decay=0.99996` for it;
+  `--config.ema_decay=0.99996` for it (the evaluators then also report it, `val/ema_accuracy`);
 - the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart).
 
   python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
@@ -39,8 +39,6 @@ ViT lifts it on this short schedule, the convolutional teacher's inductive bias 
 student through the dist token.
 """
 
-import ml_collections
-
 from vit_jax.training import base_config
 from vit_jax.training import config_args
 
@@ -49,15 +47,13 @@ def get_config(arg: str = 'ViT-B_16'):
   """`arg`: a ViT zoo name (ImageNet-1k), or `cifar10` (the demonstration)."""
   args = config_args.parse_arg(arg, model='ViT-B_16', cifar10=False)
   config = base_config.get_config()
-  config.distillation = ml_collections.ConfigDict(dict(
-      teacher_model='BiT-M-R50x1', teacher_path='', teacher_overrides={}, kind='hard',
-      alpha=0.5, temperature=1.0))
+  config.distillation = base_config.distillation(teacher_model='BiT-M-R50x1', kind='hard')
   if args.cifar10:
     base_config.cifar10_baseline(config, quick=True)
     config.model_name = 'ViT-CIFAR_4'
     config.model = {'distilled': True}
     config.distillation.teacher_model = 'CNN-CIFAR'
-    return base_config.with_model_fields(config)
+    return base_config.finish(config, args)
   if not args.model.startswith('ViT-'):
     raise ValueError(f"Unknown argument {args.model!r}; expected a ViT zoo name or 'cifar10'")
 
@@ -67,4 +63,4 @@ def get_config(arg: str = 'ViT-B_16'):
   base_config.timm_imagenet_recipe(config, warmup_epochs=5)
   config.repeated_augmentation = 3
   config.grad_clip_norm = 0.0
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

@@ -22,4 +22,4 @@ from vit_jax.training import config_args
 def get_config(arg: str = 'ViT-B_16,cifar10'):
   args = config_args.parse_arg(arg, model=str, dataset=str)
   config = base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

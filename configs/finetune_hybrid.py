@@ -26,4 +26,4 @@ def get_config(arg: str = 'R50+ViT-B_16,cifar10'):
     raise ValueError(f'configs/finetune_hybrid.py fine-tunes hybrid models ({", ".join(hybrids)}), '
                      f'got {args.model!r}')
   config = base_config.vit_finetune_recipe(base_config.get_config(), args.model, args.dataset)
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

@@ -53,8 +53,7 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
   config = base_config.get_config()
   config.model_name = model_name
   config.dataset = dataset
-  config.train_split = 'train'
-  config.eval_split = 'validation' if dataset == 'imagenet2012' else 'test'
+  config.train_split = 'train[:99%]' if dataset == 'imagenet2012' else 'train'
   config.image_size = 224
   config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize_small(256)|central_crop|value_range(-1, 1)'
@@ -79,13 +78,15 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
     config.loss = 'sigmoid_xent'
     config.model.head_zero_init = True
   config.log_every = 100
-  config.eval_every = 5000
   config.checkpoint_every = 5000
+  # ImageNet-1k: `val` and a `minival` of the 1% of train left out of training (big_vision's).
+  config.evals = base_config.held_out_evaluators(
+      dataset, 'validation' if dataset == 'imagenet2012' else 'test', every=5000)
 
   if args.bv:  # big_vision's configs/vit_s16_i1k.py (76.5% for S/16).
     config.dataset = 'imagenet2012'
     config.train_split = 'train[:99%]'
-    config.eval_split = 'train[99%:]'  # big_vision's minival.
+    config.evals = base_config.held_out_evaluators('imagenet2012', 'validation', every=5000)
     config.loss = 'softmax_xent'
     config.model = {'classifier': 'gap', 'posemb': 'sincos2d', 'head_zero_init': True,
                     'head_bias_init': 0., 'representation_size': hidden_size,
@@ -104,4 +105,4 @@ def get_config(arg: str = 'ViT-B_16,imagenet21k'):
     config.lr.warmup_steps = 10_000
     config.lr.decay_type = 'cosine'
     config.grad_clip_norm = 1.0
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

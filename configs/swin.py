@@ -43,7 +43,7 @@ def get_config(arg: str = 'Swin-T'):
     # relative position bias tables are left alone, as in the official `no_weight_decay` lists.
     base_config.timm_imagenet_recipe(config, warmup_epochs=20)
     config.grad_clip_norm = 5.0
-    return base_config.with_model_fields(config)
+    return base_config.finish(config, args)
   base_config.cifar10_baseline(config, quick=False)  # Data, batch 128, AdamW wd 0.05, logging.
   config.model_name = 'Swin-T'
   config.model = dict(patch_size=2, embed_dim=64, depths=(2, 2, 2), num_heads=(2, 4, 8),
@@ -57,4 +57,4 @@ def get_config(arg: str = 'Swin-T'):
   config.label_smoothing = 0.1
   config.mixup = ml_collections.ConfigDict(dict(
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
-  return base_config.with_model_fields(config)
+  return base_config.finish(config, args)

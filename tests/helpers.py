@@ -125,9 +125,11 @@ def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3,
   return root
 
 
-def run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None):
+def run_main(workdir, data_overrides, extra=(), kill_after_checkpoint=None, evals=''):
+  """`python -m vit_jax.main` on the tiny config; `evals`: its `evals=` argument."""
+  arg = data_overrides['dataset'] + (f',evals={evals}' if evals else '')
   args = [sys.executable, '-m', 'vit_jax.main',
-          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{data_overrides["dataset"]}',
+          f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:{arg}',
           f'--workdir={workdir}', f'--config.data_dir={data_overrides["data_dir"]}', *extra]
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
   proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,9 +184,10 @@ def classify_cli(model_path, image_paths, *flags):
 
 
 def write_eval_pngs(config, folder, limit):
-  """The first `limit` eval images of `config` as PNG files named <index>_<label>.png."""
+  """The first `limit` images of `config`'s `test` evaluator as PNG files <index>_<label>.png."""
   from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  source = input_pipeline.get_source(config, config.eval_split)
+  source = input_pipeline.get_source(config.dataset, config.evals.test.split,
+                                     data_dir=config.data_dir)
   paths, labels = [], []
   for i, ex in enumerate(source.dataset.take(limit).as_numpy_iterator()):
     path = os.path.join(folder, f'{i}_{int(ex["label"])}.png')

@@ -178,7 +178,7 @@ def test_a_distillation_step_compiles_with_its_teacher():
   config = load_config('deit.py', 'cifar10')
   config.eval_batch_size = 512  # The recipe's 500 does not split over 8 chips.
   report = compile_job.compile_for_target(config, 'v5e-8', with_eval=False)
-  teacher, shapes = distill.abstract_teacher(config, 10)
+  teacher, shapes = distill.abstract_teacher(config.distillation, config.image_size, 10)
   assert isinstance(teacher, models.model_class('CNN-CIFAR'))
   # The teacher's variables are arguments of the step, replicated on every chip.
   assert report.per_device_bytes['teacher'] == sum(

@@ -102,13 +102,16 @@ def test_job_loop_rates_a_short_job_its_step_alone_and_its_pipeline(data_overrid
   import tensorflow as tf
   import tiny_config
   from vit_jax.benchmarking import job_loop
+  from vit_jax.training import base_config
   config = tiny_config.for_data(data_overrides)
+  config.evals.probe = base_config.evaluator('fewshot')
   quick = job_loop.quick_config(config, steps=3)
   assert (quick.total_steps, quick.log_every, quick.export_npz) == (6, 3, False)
-  assert quick.eval_every > 6 and quick.checkpoint_every > 6
-  assert quick.eval_split == config.eval_split  # Already a slice.
-  config.eval_split = 'test'
-  assert job_loop.quick_config(config, 3).eval_split == 'test[:64]'  # One eval batch.
+  assert quick.evals.test.every > 6 and quick.checkpoint_every > 6
+  assert list(quick.evals) == ['test']  # No few-shot probes.
+  assert quick.evals.test.split == config.evals.test.split  # Already a slice.
+  config.evals.test.split = 'test'
+  assert job_loop.quick_config(config, 3).evals.test.split == 'test[:64]'  # One eval batch.
   # The step-alone run's stream is its first batch over and over.
   stream = job_loop.one_batch_repeated(
       lambda: tf.data.Dataset.range(10).batch(2))().as_numpy_iterator()

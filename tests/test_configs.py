@@ -78,7 +78,7 @@ def test_positional_arguments_fill_non_flags_in_order_and_bare_flag_names_set_tr
 def test_key_value_arguments_take_the_type_of_their_default():
   args = config_args.parse_arg('steps=5, lr=1e-2,quick=no,name=x', steps=1, lr=1., quick=True,
                                name='a')
-  assert args.to_dict() == {'steps': 5, 'lr': 0.01, 'quick': False, 'name': 'x'}
+  assert args.to_dict() == {'steps': 5, 'lr': 0.01, 'quick': False, 'name': 'x', 'evals': ()}
   assert isinstance(args.steps, int) and isinstance(args.lr, float)
   args = config_args.parse_arg('B,dataset=cifar100', model=str, dataset=str)
   assert (args.model, args.dataset) == ('B', 'cifar100')

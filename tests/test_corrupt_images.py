@@ -51,8 +51,9 @@ def folder(tmp_path):
 
 def _config(root, **overrides):
   config = tiny_config.get_config('imagefolder')
-  config.update(data_dir=root, train_split='train', eval_split='test', image_size=SIZE,
-                pp_train='flip_lr', pp_eval='resize', shuffle_buffer=64)
+  config.update(data_dir=root, train_split='train', image_size=SIZE, pp_train='flip_lr',
+                pp_eval='resize', shuffle_buffer=64)
+  config.evals.test.split = 'test'
   config.model.patches = {'size': (4, 4)}
   config.update(overrides)
   return config
@@ -65,7 +66,7 @@ def _warnings_naming(records, path):
 def test_train_stream_goes_on_with_full_batches_and_logs_each_file_once(folder, caplog):
   root, paths = folder
   config = _config(root)
-  source = input_pipeline.get_source(config, 'train')
+  source = input_pipeline.get_source(config.dataset, 'train', data_dir=config.data_dir)
   n = source.num_examples
   assert n == CLASSES * TRAIN_PER_CLASS + 2
   batch, epochs = 5, 3
@@ -91,7 +92,7 @@ def test_train_stream_goes_on_with_full_batches_and_logs_each_file_once(folder, 
 def test_resumed_stream_keeps_the_skipped_rows_in_place(folder):
   root, _ = folder
   config = _config(root)
-  source = input_pipeline.get_source(config, 'train')
+  source = input_pipeline.get_source(config.dataset, 'train', data_dir=config.data_dir)
   full = list(input_pipeline.train_dataset(config, source, 4).take(16).as_numpy_iterator())
   resumed = list(input_pipeline.train_dataset(config, source, 4, start_step=9)
                  .take(7).as_numpy_iterator())
@@ -104,7 +105,7 @@ def test_resumed_stream_keeps_the_skipped_rows_in_place(folder):
 def test_fatal_switch_stops_naming_the_file(folder):
   root, paths = folder
   config = _config(root, skip_corrupt_images=False)
-  source = input_pipeline.get_source(config, 'train')
+  source = input_pipeline.get_source(config.dataset, 'train', data_dir=config.data_dir)
   with pytest.raises(tf.errors.OpError, match='Cannot decode image') as error:
     for _ in input_pipeline.train_dataset(config, source, 5).take(12).as_numpy_iterator():
       pass
@@ -115,9 +116,11 @@ def test_fatal_switch_stops_naming_the_file(folder):
 def test_eval_masks_out_and_counts_a_corrupt_image(folder, caplog):
   root, paths = folder
   config = _config(root)
-  source = input_pipeline.get_source(config, 'test')
+  source = input_pipeline.get_source(config.dataset, 'test', data_dir=config.data_dir)
   with caplog.at_level(logging.INFO):
-    ds, num_batches = input_pipeline.eval_dataset(config, source, 4)
+    ds, num_batches = input_pipeline.eval_dataset(source, 4, pp=config.pp_eval,
+                                                  image_size=config.image_size,
+                                                  skip_corrupt_images=True)
     batches = list(ds.as_numpy_iterator())
   assert len(batches) == num_batches == 3  # 10 examples: 4 + 4 + 2 and 2 padding rows.
   masks = np.concatenate([b['mask'] for b in batches])
@@ -157,7 +160,7 @@ def test_a_batch_of_nothing_but_failures_is_an_error_not_a_skip():
 def test_tfds_records_are_named_by_split_and_index():
   config = tiny_config.get_config()
   config.data_dir = cifar_dir()
-  source = input_pipeline.get_source(config, 'train[:3]')
+  source = input_pipeline.get_source(config.dataset, 'train[:3]', data_dir=config.data_dir)
   names = [source.name(ex).numpy() for ex in source.encoded]
   assert names == [f'cifar10 train[:3] example {i}'.encode() for i in range(3)]
 
@@ -226,17 +229,18 @@ def test_a_skipped_example_reaches_neither_the_loss_nor_its_mixup_partner(mixup)
 def test_a_run_over_corrupt_files_completes_counts_them_and_resumes_exactly(folder, tmp_path):
   root, paths = folder
   config = _config(root, total_steps=8, batch_size=6, eval_batch_size=4, log_every=2,
-                   eval_every=8, checkpoint_every=4, export_npz=True)
+                   checkpoint_every=4, export_npz=True)
+  config.evals.test.every = 8
   config.lr.decay_type = 'constant'  # The 4-step run's schedule must be the 8-step run's.
   config.lr.warmup_steps = 0
   straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   assert straight['step'] == 8
-  source = input_pipeline.get_source(config, 'train')
+  source = input_pipeline.get_source(config.dataset, 'train', data_dir=config.data_dir)
   expected = sum(int((b['mask'] == 0).sum()) for b in input_pipeline.train_dataset(
       config, source, 6).take(8).as_numpy_iterator())
   assert expected >= 2  # 48 examples: nearly two epochs of 26.
   assert straight['skipped_images'] == expected
-  assert straight['eval_skipped'] == 1 and straight['eval_examples'] == CLASSES * TEST_PER_CLASS
+  assert straight['test/skipped'] == 1 and straight['test/examples'] == CLASSES * TEST_PER_CLASS
   log = (tmp_path / 'straight' / 'train.0.log').read_text()
   for key in ('random', 'truncated', 'test'):
     assert log.count(paths[key]) == 1, key  # Not once per epoch, nor once per evaluation.

@@ -12,6 +12,7 @@ import tiny_config
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.models import outputs
+from vit_jax.training import base_config
 from vit_jax.training import distill
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -94,14 +95,13 @@ def test_teacher_is_frozen_and_used(tmp_path):
   config = tiny_config.get_config()
   config.model = {**config.model.to_dict(), 'distilled': True}
   config.batch_size = 8
-  config.distillation = ml_collections.ConfigDict(dict(
-      teacher_model='CNN-CIFAR', teacher_path=str(tmp_path / 'teacher.npz'), kind='hard',
-      alpha=0.5, temperature=1.0))
+  config.distillation = base_config.distillation(
+      teacher_model='CNN-CIFAR', teacher_path=str(tmp_path / 'teacher.npz'), kind='hard')
   teacher_model = models.get_model('CNN-CIFAR', num_classes=10)
   x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
   checkpoint.save(randomize(teacher_model.init(jax.random.key(2), x)['params'], scale=0.5),
                   config.distillation.teacher_path)
-  teacher, teacher_variables = distill.load_teacher(config, 10)
+  teacher, teacher_variables = distill.load_teacher(config.distillation, 32, 10)
   before = jax.tree.map(np.array, teacher_variables)
 
   mesh = sharding.make_mesh(config.mesh)
@@ -174,19 +174,21 @@ def test_distilled_checkpoint_round_trip_and_resize(tmp_path):
 def test_distillation_end_to_end(tmp_path, data_overrides):
   teacher_config = tiny_config.get_config(data_overrides['dataset'])
   teacher_config.update(data_overrides)
-  teacher_config.update(model_name='CNN-CIFAR', total_steps=2, eval_every=2,
-                        checkpoint_every=2, eval_split='test[:64]')
+  teacher_config.update(model_name='CNN-CIFAR', total_steps=2, checkpoint_every=2)
+  teacher_config.evals.test.update(split='test[:64]', every=2)
   teacher_config.model = ml_collections.ConfigDict()
   train.train_and_evaluate(teacher_config, str(tmp_path / 'teacher'))
 
   config = tiny_config.get_config(data_overrides['dataset'])
   config.update(data_overrides)
-  config.update(total_steps=2, eval_every=2, checkpoint_every=2, eval_split='test[:64]')
+  config.update(total_steps=2, checkpoint_every=2)
+  config.evals.test.update(split='test[:64]', every=2)
   config.model = {**config.model.to_dict(), 'distilled': True}
+  # Only the fields it changes: the settings complete the others (`base_config.distillation`).
   config.distillation = ml_collections.ConfigDict(dict(
       teacher_model='CNN-CIFAR', teacher_path=str(tmp_path / 'teacher' / 'model.npz')))
   metrics = train.train_and_evaluate(config, str(tmp_path / 'student'))
-  assert metrics['step'] == 2 and 0 <= metrics['eval_accuracy'] <= 1
+  assert metrics['step'] == 2 and 0 <= metrics['test/accuracy'] <= 1
   exported = checkpoint.load(tmp_path / 'student' / 'model.npz')
   assert 'dist' in exported and 'head_dist' in exported
   assert not any('teacher' in k for k in checkpoint.flatten(exported))

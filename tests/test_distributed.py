@@ -121,7 +121,7 @@ def test_main_on_two_processes_then_resumed_on_one(tmp_path, data_overrides, mon
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     outputs.append(out)
-  assert 'eval_examples=300.0000' in outputs[0]  # 300 test images split over two hosts.
+  assert 'test/examples=300,' in outputs[0]  # 300 test images split over two hosts.
   assert 'Final:' not in outputs[1]  # Only process 0 reports...
   assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 1  # ...and writes metrics.
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['12', '8']

@@ -86,9 +86,9 @@ def test_image_folder_of_any_sizes_trains_exports_and_classifies(tmp_path):
   workdir = tmp_path / 'run'
   out = run_python('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:imagefolder',
              f'--workdir={workdir}', f'--config.data_dir={root}', '--config.train_split=train',
-             '--config.eval_split=test', '--config.total_steps=60', '--config.eval_every=60',
-             '--config.model.transformer.dropout_rate=0.')
-  accuracy = float(re.findall(r'\beval_accuracy=([\d.]+)', out)[-1])
+             '--config.evals.test.split=test', '--config.total_steps=60',
+             '--config.evals.test.every=60', '--config.model.transformer.dropout_rate=0.')
+  accuracy = float(re.findall(r'\btest/accuracy=([\d.]+)', out)[-1])
   assert accuracy > 0.6, out[-2000:]  # 3 classes: chance is 1/3.
 
   card = json.loads((workdir / 'model.json').read_text())
@@ -108,9 +108,9 @@ def test_classify_agrees_with_the_jobs_evaluation_on_cifar10(tmp_path):
   workdir = tmp_path / 'run'
   out = run_python('-m', 'vit_jax.main', f'--config={REPO}/tests/tiny_config.py:cifar10',
              f'--workdir={workdir}', f'--config.data_dir={cifar_dir()}',
-             '--config.total_steps=150', '--config.eval_every=150', '--config.batch_size=64',
-             '--config.model.transformer.dropout_rate=0.')
-  accuracy = float(re.findall(r'\beval_accuracy=([\d.]+)', out)[-1])
+             '--config.total_steps=150', '--config.evals.test.every=150',
+             '--config.batch_size=64', '--config.model.transformer.dropout_rate=0.')
+  accuracy = float(re.findall(r'\btest/accuracy=([\d.]+)', out)[-1])
   assert accuracy > 0.2, out[-2000:]  # 10 classes: chance is 0.1.
   config = tiny_config.get_config('cifar10')
   config.data_dir = cifar_dir()
@@ -159,18 +159,19 @@ _FAMILY_RUNS = {
 def test_swin_and_batchnorm_exports_fine_tune_and_classify(tmp_path, family):
   root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 64), ('test', 16)))
   config = tiny_config.get_config('imagefolder')
-  config.update(data_dir=root, train_split='train', eval_split='test', total_steps=60,
-                eval_every=60, checkpoint_every=60, pp_train='normalize("cifar10")')
+  config.update(data_dir=root, train_split='train', total_steps=60, checkpoint_every=60,
+                pp_train='normalize("cifar10")')
+  config.evals.test.update(split='test', every=60)
   config.lr.base = 3e-3
   config.model_name = _FAMILY_RUNS[family]['model_name']
   config.model = _FAMILY_RUNS[family]['model']
   first = train.train_and_evaluate(config, str(tmp_path / 'first'))
   exported = tmp_path / 'first' / 'model.npz'
-  assert first['eval_accuracy'] > 0.5, first
+  assert first['test/accuracy'] > 0.5, first
 
   config.pretrained_path = str(exported)
   config.total_steps = 2
-  config.eval_every = 2
+  config.evals.test.every = 2
   config.lr.base = 1e-6  # A near-zero step: the new run starts where the first one ended.
   second = train.train_and_evaluate(config, str(tmp_path / 'second'))
   # The head is reset when fine-tuning; the features carry over, so the new run's accuracy after
@@ -185,7 +186,7 @@ def test_swin_and_batchnorm_exports_fine_tune_and_classify(tmp_path, family):
   images = sorted((tmp_path / 'images' / 'test').glob('*/*.png'))
   top1, _ = classify_cli(exported, images)
   hits = np.mean([top1[str(p)][1] == p.parent.name for p in images])
-  assert abs(hits - first['eval_accuracy']) <= 0.05, (hits, first['eval_accuracy'])
+  assert abs(hits - first['test/accuracy']) <= 0.05, (hits, first['test/accuracy'])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,10 +226,11 @@ def test_fine_tuning_the_real_checkpoint_learns_cifar10(real_npz, tmp_path):
   config.model = {'transformer': {'gelu_approximate': False}}  # timm's weights: exact GELU
   config.update(
       data_dir=cifar_dir(), pretrained_path=str(real_npz), image_size=64,
-      train_split='train[:2000]', eval_split='test[:500]',
+      train_split='train[:2000]',
       pp_train='inception_crop(area_min=50)|flip_lr|value_range(-1, 1)',
       pp_eval='resize|value_range(-1, 1)', batch_size=32, eval_batch_size=100,
-      total_steps=40, eval_every=40, checkpoint_every=40, log_every=10)
+      total_steps=40, checkpoint_every=40, log_every=10)
+  config.evals.test.update(split='test[:500]', every=40)
   config.optimizer.name = 'sgd'
   config.optimizer.momentum = 0.9
   config.grad_clip_norm = 1.
@@ -236,7 +238,7 @@ def test_fine_tuning_the_real_checkpoint_learns_cifar10(real_npz, tmp_path):
   config.lr.warmup_steps = 5
   config.lr.decay_type = 'cosine'
   result = train.train_and_evaluate(config, str(tmp_path))
-  assert result['eval_accuracy'] > 0.5, result  # chance: 0.1
+  assert result['test/accuracy'] > 0.5, result  # chance: 0.1
   log = (tmp_path / 'train.0.log').read_text()
   losses = [float(x) for x in re.findall(r'loss ([\d.]+)  acc', log)]
   assert losses[-1] < losses[0] - 0.5, losses

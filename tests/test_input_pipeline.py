@@ -16,7 +16,7 @@ from vit_jax.data import input_pipeline
 
 def test_input_stream_resumes_at_any_step(data_overrides):
   config = tiny_config.for_data(data_overrides)
-  source = input_pipeline.get_source(config, config.train_split)
+  source = input_pipeline.get_source(config.dataset, config.train_split, data_dir=config.data_dir)
   full = list(input_pipeline.train_dataset(config, source, 32).take(40).as_numpy_iterator())
   resumed = list(input_pipeline.train_dataset(config, source, 32, start_step=33)
                  .take(7).as_numpy_iterator())
@@ -28,7 +28,7 @@ def test_input_stream_resumes_at_any_step(data_overrides):
 
 def test_repeated_augmentation_repeats_images_with_different_crops(data_overrides):
   config = tiny_config.for_data(data_overrides, repeated_augmentation=3)
-  source = input_pipeline.get_source(config, config.train_split)
+  source = input_pipeline.get_source(config.dataset, config.train_split, data_dir=config.data_dir)
   batch = next(input_pipeline.train_dataset(config, source, 30).as_numpy_iterator())
   labels = batch['label'].reshape(10, 3)
   assert (labels == labels[:, :1]).all()  # Three copies of each image in a row...

@@ -10,7 +10,6 @@ import os
 import re
 
 import jax
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -20,11 +19,14 @@ from helpers import write_eval_pngs
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.data import input_pipeline
 from vit_jax.models import card as card_lib
 from vit_jax.models import loader
 from vit_jax.tools import convert
+from vit_jax.training import base_config
 from vit_jax.training import distill
 from vit_jax.training import fewshot
+from vit_jax.training import step as step_lib
 
 
 def _tiny_vit_export(path, num_classes=10):
@@ -67,23 +69,22 @@ def test_a_timm_file_without_card_runs_with_the_exact_gelu(tmp_path):
 
 
 def test_one_exception_type_for_a_missing_state(tmp_path):
-  config = tiny_config.get_config()
   model = models.get_model('ResNet-18', num_classes=10, num_layers=(1,), width=8)
   shapes = models.init_shapes(model, (32, 32))
   params = random_params(model, np.zeros((1, 32, 32, 3), np.float32))
   checkpoint.save(params, tmp_path / 'resnet.npz')
   with pytest.raises(checkpoint.CheckpointError, match='batch_stats'):
     loader.load(tmp_path / 'resnet.npz', 'ResNet-18', num_layers=(1,), width=8)
-  config.distillation = ml_collections.ConfigDict(dict(
+  teacher = base_config.distillation(
       teacher_model='ResNet-18', teacher_path=str(tmp_path / 'resnet.npz'),
-      teacher_overrides={'num_layers': (1,), 'width': 8}))
+      teacher_overrides={'num_layers': (1,), 'width': 8})
   with pytest.raises(checkpoint.CheckpointError, match='batch_stats'):
-    distill.load_teacher(config, 10)
+    distill.load_teacher(teacher, 32, 10)
   # With the state sidecar beside it, the same file is a teacher.
   checkpoint.save({'batch_stats': jax.tree.map(lambda s: np.ones(s.shape, s.dtype),
                                                 shapes['batch_stats'])},
                   card_lib.state_path_for(tmp_path / 'resnet.npz'))
-  teacher, variables = distill.load_teacher(config, 10)
+  _, variables = distill.load_teacher(teacher, 32, 10)
   assert set(variables) == {'params', 'batch_stats'}
   with pytest.raises(FileNotFoundError):
     loader.load(tmp_path / 'nothing.npz')
@@ -128,11 +129,13 @@ def test_load_pretrained_fits_the_file_and_checks_its_state_as_load_model_does(t
 
 def test_the_few_shot_probe_compiles_once_per_job(tmp_path):
   root = make_image_folder(str(tmp_path / 'images'), splits=(('train', 12), ('test', 6)))
-  config = tiny_config.for_data(dict(dataset='imagefolder', data_dir=root))
-  config.fewshot.update(train_split='train', test_split='test', shots=(1, 2), batch_size=8)
-  model = models.get_model(config.model_name, num_classes=3, **config.model)
+  config = tiny_config.get_config()
+  model = step_lib.create_model(config, 3)
   params = random_params(model, np.zeros((1, 32, 32, 3), np.float32))
-  probe = fewshot.Probe(model, config)
+  train, test = (input_pipeline.eval_dataset(
+      input_pipeline.get_source('imagefolder', split, data_dir=root), 8, pp=config.pp_eval,
+      image_size=32, skip_corrupt_images=True)[0] for split in ('train', 'test'))
+  probe = fewshot.Probe(model, train, test, shots=(1, 2), l2_reg=1., seed=0, num_seeds=1)
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, *_, **__: compiles.append(name)
@@ -142,7 +145,7 @@ def test_the_few_shot_probe_compiles_once_per_job(tmp_path):
   moved = jax.tree.map(lambda p: p + 0.5, params)
   second = probe({'params': moved})
   assert compiled_once >= 1 and len(compiles) == compiled_once, 'recompiled for new parameters'
-  assert set(first) == set(second) == {'fewshot_1shot', 'fewshot_2shot'}
+  assert set(first) == set(second) == {'1shot', '2shot'}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,10 +163,9 @@ def exports(tmp_path_factory, data_overrides):
         '-m', 'vit_jax.main', f'--config={REPO}/configs/{name}', f'--workdir={workdir}',
         f'--config.dataset={data_overrides["dataset"]}',
         f'--config.data_dir={data_overrides["data_dir"]}', '--config.download=False',
-        '--config.total_steps=200', '--config.batch_size=64', '--config.eval_every=200',
-        '--config.checkpoint_every=200', '--config.eval_split=test[:300]',
-        '--config.fewshot_every=0')
-    runs[name] = (workdir, float(re.findall(r'\beval_accuracy=([\d.]+)', out)[-1]))
+        '--config.total_steps=200', '--config.batch_size=64', '--config.evals.test.every=200',
+        '--config.checkpoint_every=200', '--config.evals.test.split=test[:300]')
+    runs[name] = (workdir, float(re.findall(r'\btest/accuracy=([\d.]+)', out)[-1]))
   return runs
 
 
@@ -177,7 +179,7 @@ def _fewshot(path, data_overrides):
 
 @pytest.mark.slow
 def test_every_tool_runs_on_the_export_and_its_conversion(exports, data_overrides, tmp_path):
-  config = tiny_config.for_data(data_overrides, eval_split='test[:300]')
+  config = tiny_config.for_data(data_overrides, evals=dict(split='test[:300]'))
   paths, labels = write_eval_pngs(config, str(tmp_path), 300)
   for name, (workdir, accuracy) in exports.items():
     files = [workdir / 'model.npz']

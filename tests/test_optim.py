@@ -2,10 +2,10 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import tiny_config
+from vit_jax.training import base_config
 from vit_jax.training import optim
 
 
@@ -28,9 +28,8 @@ def _optimizer_config(**kw):
 
 def test_finetune_sgd_matches_hand_computed_updates():
   config = _optimizer_config(grad_clip_norm=1.0)
-  config.optimizer = ml_collections.ConfigDict(dict(name='sgd', momentum=0.9,
-                                                    accumulator_dtype='', weight_decay=0.0))
-  config.lr = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=4, decay_type='cosine'))
+  config.optimizer.update(dict(name='sgd', momentum=0.9, accumulator_dtype='', weight_decay=0.0))
+  config.lr.update(dict(base=0.03, warmup_steps=4, decay_type='cosine'))
   tx, _ = optim.make_optimizer(config, _quadratic_params())
   params = _quadratic_params()
   state = tx.init(params)
@@ -53,10 +52,9 @@ def test_finetune_sgd_matches_hand_computed_updates():
 
 def test_pretrain_adam_matches_hand_computed_updates():
   config = _optimizer_config(grad_clip_norm=1.0, total_steps=10)
-  config.optimizer = ml_collections.ConfigDict(dict(name='adam', b1=0.9, b2=0.999, eps=1e-8,
-                                                    weight_decay=0.03, decay_pattern='kernel$'))
-  config.lr = ml_collections.ConfigDict(dict(base=1e-3, warmup_steps=1, decay_type='linear',
-                                             end=1e-5))
+  config.optimizer.update(dict(name='adam', b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.03,
+                               decay_pattern='kernel$'))
+  config.lr.update(dict(base=1e-3, warmup_steps=1, decay_type='linear', end=1e-5))
   tx, schedule = optim.make_optimizer(config, _quadratic_params())
   params = _quadratic_params()
   state = tx.init(params)
@@ -84,15 +82,20 @@ def test_pretrain_adam_matches_hand_computed_updates():
       np.testing.assert_allclose(params['dense'][k], p[k], rtol=1e-5, err_msg=f'{k} @ {step}')
 
 
+def _lr(**fields):
+  """`config.lr` with `fields` set over base_config's."""
+  lr = base_config.get_config().lr
+  lr.update(fields)
+  return lr
+
+
 def test_lr_schedule_follows_the_original_formula():
-  config = ml_collections.ConfigDict(dict(base=0.03, warmup_steps=500, decay_type='cosine'))
-  schedule = optim.lr_schedule(config, 10_000)
+  schedule = optim.lr_schedule(_lr(base=0.03, warmup_steps=500, decay_type='cosine'), 10_000)
   for step in (1, 250, 500, 501, 5000, 10_000):
     progress = np.clip((step - 500) / 9500, 0, 1)
     expected = 0.03 * 0.5 * (1 + np.cos(np.pi * progress)) * min(1, step / 500)
     np.testing.assert_allclose(schedule(step - 1), expected, rtol=1e-5, atol=1e-9)
-  piecewise = optim.lr_schedule(ml_collections.ConfigDict(dict(
-      base=0.003, warmup_steps=0, decay_type='piecewise', boundaries=(3, 6), scales=(0.1, 0.1))),
-      10)
+  piecewise = optim.lr_schedule(_lr(base=0.003, warmup_steps=0, decay_type='piecewise',
+                                    boundaries=(3, 6), scales=(0.1, 0.1)), 10)
   np.testing.assert_allclose([piecewise(c) for c in range(8)],
                              [0.003] * 2 + [3e-4] * 3 + [3e-5] * 3, rtol=1e-5)

@@ -19,7 +19,8 @@ from vit_jax.training import step as step_lib
 BIG_VISION_S16_I1K = {
     'dataset': 'imagenet2012',                    # input.data.name
     'train_split': 'train[:99%]',                 # input.data.split
-    'eval_split': 'train[99%:]',                  # evals.minival split
+    'evals.val.split': 'validation',              # evals.val split
+    'evals.minival.split': 'train[99%:]',         # evals.minival split
     'batch_size': 1024,                           # input.batch_size
     'shuffle_buffer': 250_000,                    # input.shuffle_buffer_size
     'num_epochs': 90.,                            # total_epochs
@@ -111,7 +112,7 @@ def test_sigmoid_xent_is_big_vision_formula():
   np.testing.assert_allclose(step_lib.cross_entropy(logits, labels),
                              -np.sum(labels * log_softmax, -1), rtol=1e-5)
   with pytest.raises(ValueError, match='config.loss'):
-    step_lib.loss_for({'loss': 'focal'})
+    step_lib.loss_for('focal')
 
 
 def test_i21k_pretraining_starts_with_a_small_sigmoid_loss():
@@ -127,7 +128,7 @@ def test_i21k_pretraining_starts_with_a_small_sigmoid_loss():
   logits = np.asarray(model.apply(variables, images))
   np.testing.assert_allclose(logits, -10., atol=1e-6)  # Zero kernel, bias -10.
   labels = np.arange(4)
-  loss = np.mean(step_lib.loss_for(config)(logits, jax.nn.one_hot(labels, num_classes)))
+  loss = np.mean(step_lib.loss_for(config.loss)(logits, jax.nn.one_hot(labels, num_classes)))
   # One positive at -log σ(-10) ≈ 10, K - 1 negatives at log(1 + e^-10) each.
   expected = -_np_log_sigmoid(-10.) + (num_classes - 1) * np.logaddexp(0., -10.)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -160,14 +161,18 @@ def _folder_config(root, **kw):
   return config
 
 
+def _source(config, split):
+  return input_pipeline.get_source(config.dataset, split, data_dir=config.data_dir)
+
+
 def _labels(ds):
   return np.array([int(ex['label']) for ex in ds.as_numpy_iterator()])
 
 
 def test_image_folder_slices_hold_every_class_in_proportion(four_classes, monkeypatch):
   config = _folder_config(four_classes)
-  held = _labels(input_pipeline.get_source(config, 'train[90%:]').encoded)
-  kept = _labels(input_pipeline.get_source(config, 'train[:90%]').encoded)
+  held = _labels(_source(config, 'train[90%:]').encoded)
+  kept = _labels(_source(config, 'train[:90%]').encoded)
   assert len(held) == 20 and len(kept) == 180
   # A uniformly random 20 of 4 x 50 has each class 5 +- 1.8 (hypergeometric); class-ordered
   # listing put all 20 in the last class.
@@ -178,7 +183,7 @@ def test_image_folder_slices_hold_every_class_in_proportion(four_classes, monkey
   shards = []
   for index in (0, 1):
     _fake_processes(monkeypatch, index, 2)
-    source = input_pipeline.get_source(config, 'train[:90%]')
+    source = _source(config, 'train[:90%]')
     files = [ex['image'] for ex in source.encoded.as_numpy_iterator()]
     assert source.num_examples == 90 and source.max_process_examples == 90
     assert sorted(collections.Counter(_labels(source.encoded))) == [0, 1, 2, 3]
@@ -190,7 +195,7 @@ def test_image_folder_batches_are_not_class_ordered(four_classes):
   # A shuffle buffer far smaller than the split: the files are still fully permuted per epoch.
   config = _folder_config(four_classes, train_split='train', shuffle_buffer=4,
                           pp_train='value_range(-1, 1)', image_size=8)
-  source = input_pipeline.get_source(config, 'train')
+  source = _source(config, 'train')
   ds = input_pipeline.train_dataset(config, source, 40)
   batches = [b['label'] for b in ds.take(10).as_numpy_iterator()]  # Two epochs.
   for labels in batches[:2]:

@@ -36,7 +36,7 @@ def resnet_config(**overrides):
   config.lr.warmup_steps = 2
   config.lr.decay_type = 'cosine'
   config.update(overrides)
-  return config
+  return base_config.with_model_fields(config)
 
 
 def banded_batch(rng, batch_size, num_classes=3, size=32):
@@ -105,11 +105,11 @@ def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
   config = resnet_config(
       dataset='imagefolder', data_dir=data, download=False,
       pp_train='resize|flip_lr|value_range(-1, 1)', pp_eval='resize|value_range(-1, 1)', shuffle_buffer=96, batch_size=16, eval_batch_size=24,
-      total_steps=3, log_every=1, eval_every=3, checkpoint_every=1, keep_checkpoints=3,
-      export_npz=False)
+      total_steps=3, log_every=1, checkpoint_every=1, keep_checkpoints=3, export_npz=False)
+  config.evals.test.every = 3
   workdir = str(tmp_path / 'run')
   first = train.train_and_evaluate(config, workdir)
-  assert first['step'] == 3 and first['eval_examples'] == 24
+  assert first['step'] == 3 and first['test/examples'] == 24
   saved = {s: _restore_model_state(workdir, s) for s in (2, 3)}
   assert any(np.abs(a - b).max() > 0 for a, b in zip(batch_stats_leaves(saved[2]), batch_stats_leaves(saved[3])))
 
@@ -121,7 +121,7 @@ def test_batch_stats_are_saved_and_restored_by_training_checkpoints(tmp_path):
     assert 'Resumed from the checkpoint of step 2' in f.read()
   for a, b in zip(batch_stats_leaves(_restore_model_state(workdir, 3)), batch_stats_leaves(saved[3])):
     np.testing.assert_array_equal(a, b)
-  assert second['eval_loss'] == pytest.approx(first['eval_loss'], abs=1e-6)
+  assert second['test/loss'] == pytest.approx(first['test/loss'], abs=1e-6)
 
 
 def test_weight_ema_averages_the_batch_statistics_too():
@@ -149,7 +149,8 @@ def test_weight_ema_statistics_are_exported_and_resumed_exactly(tmp_path):
       dataset='imagefolder', data_dir=data, download=False, ema_decay=0.5,
       pp_train='resize|flip_lr|value_range(-1, 1)', pp_eval='resize|value_range(-1, 1)',
       shuffle_buffer=96, batch_size=16, eval_batch_size=8, total_steps=3, log_every=1,
-      eval_every=3, checkpoint_every=1, keep_checkpoints=3)
+      checkpoint_every=1, keep_checkpoints=3)
+  config.evals.test.every = 3
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(config, workdir)
   exported = checkpoint.flatten(checkpoint.load(os.path.join(workdir, 'model_ema_state.npz')))

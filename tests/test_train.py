@@ -29,7 +29,8 @@ def test_loss_decreases_on_real_data(data_overrides):
   config = make_config(data_overrides, total_steps=60, batch_size=64)
   config.model.transformer.dropout_rate = 0.0
   mesh = sharding.make_mesh(config.mesh)
-  source = input_pipeline.get_source(config, config.train_split)
+  source = input_pipeline.get_source(config.dataset, config.train_split,
+                                     data_dir=config.data_dir)
   model = step_lib.create_model(config, source.num_classes)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   tx, schedule = optim.make_optimizer(config, shapes['params'])
@@ -48,8 +49,10 @@ def test_loss_decreases_on_real_data(data_overrides):
 
 def test_eval_counts_every_example_once(data_overrides):
   config = make_config(data_overrides)
-  source = input_pipeline.get_source(config, config.eval_split)
-  ds, num_batches = input_pipeline.eval_dataset(config, source, 64)
+  source = input_pipeline.get_source(config.dataset, config.evals.test.split,
+                                     data_dir=config.data_dir)
+  ds, num_batches = input_pipeline.eval_dataset(source, 64, pp=config.pp_eval, image_size=32,
+                                                skip_corrupt_images=True)
   batches = list(ds.as_numpy_iterator())
   masks = np.concatenate([b['mask'] for b in batches])
   assert len(batches) == num_batches == 5
@@ -64,15 +67,15 @@ def test_eval_counts_every_example_once(data_overrides):
   state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
   state = state.replace(params=jax.tree.map(lambda p: p + 0.02 * jnp.sin(
       jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), state.params))
-  metrics = evaluators.evaluate(jax.jit(step_lib.make_eval_step(model)), state, config,
+  metrics = evaluators.evaluate(jax.jit(step_lib.make_eval_step(model)), state,
                                 sharding.batch_sharding(mesh), (ds, num_batches))
   images = np.concatenate([b['image'] for b in batches])[:300]
   labels = np.concatenate([b['label'] for b in batches])[:300]
   logits = np.asarray(model.apply({'params': state.params}, images))
-  assert metrics['eval_examples'] == 300
-  np.testing.assert_allclose(metrics['eval_accuracy'], np.mean(logits.argmax(-1) == labels))
+  assert metrics['examples'] == 300
+  np.testing.assert_allclose(metrics['accuracy'], np.mean(logits.argmax(-1) == labels))
   top5 = np.argsort(-logits, axis=-1)[:, :5]
-  np.testing.assert_allclose(metrics['eval_top5_accuracy'],
+  np.testing.assert_allclose(metrics['top5_accuracy'],
                              np.mean((top5 == labels[:, None]).any(-1)))
 
 
@@ -94,15 +97,15 @@ def test_sigkill_and_resume_gives_identical_parameters(tmp_path, data_overrides)
 
 @pytest.mark.slow
 def test_finetune_from_32px_checkpoint_at_48px(tmp_path, data_overrides):
-  config = make_config(data_overrides, total_steps=2, eval_every=2, checkpoint_every=2,
-                       log_every=1, eval_split='test[:64]')
+  config = make_config(data_overrides, total_steps=2, checkpoint_every=2, log_every=1,
+                       evals=dict(split='test[:64]', every=2))
   pretrain_dir = tmp_path / 'pretrain'
   train.train_and_evaluate(config, str(pretrain_dir))
   pretrained = checkpoint.load(pretrain_dir / 'model.npz')
   assert pretrained['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
 
-  config = make_config(data_overrides, total_steps=2, eval_every=2, checkpoint_every=2,
-                       log_every=1, image_size=48, num_classes=12, eval_split='test[:64]',
+  config = make_config(data_overrides, total_steps=2, checkpoint_every=2, log_every=1,
+                       image_size=48, num_classes=12, evals=dict(split='test[:64]', every=2),
                        pretrained_path=str(pretrain_dir / 'model.npz'),
                        pp_train='inception_crop|flip_lr|value_range(-1, 1)',
                        pp_eval='resize|value_range(-1, 1)')
@@ -231,7 +234,9 @@ def test_weight_ema_resumes_exactly_and_is_the_average(tmp_path, data_overrides)
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=f'{name} {key}')
-  assert 'EMA eval: top-1' in (straight / 'train.0.log').read_text()
+  # --config.ema_decay alone: the evaluator reports the EMA beside the raw weights.
+  log = (straight / 'train.0.log').read_text()
+  assert 'test/ema_accuracy' in log and 'test/accuracy' in log
 
 
 def test_weight_ema_follows_its_definition(data_overrides):
@@ -252,8 +257,10 @@ def test_weight_ema_follows_its_definition(data_overrides):
 
 
 def test_fewshot_probe_runs_during_training(tmp_path, data_overrides):
-  extra = ['--config.fewshot_every=12', '--config.fewshot.shots=(1,5)',
-           '--config.fewshot.train_split=train[:200]', '--config.fewshot.test_split=test[:30]']
-  run_main(tmp_path, data_overrides, extra)
+  extra = ['--config.evals.probe.every=12', '--config.evals.probe.shots=(1,5)',
+           '--config.evals.probe.train_split=train[:200]',
+           '--config.evals.probe.test_split=test[:30]']
+  out = run_main(tmp_path, data_overrides, extra, evals='probe:fewshot')
   log = (tmp_path / 'train.0.log').read_text()
-  assert 'few-shot: fewshot_1shot' in log and 'fewshot_5shot' in log
+  assert 'probe/1shot' in log and 'probe/5shot' in log and 'test/accuracy' in log
+  assert 'probe/1shot=' in out

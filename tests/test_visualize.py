@@ -156,10 +156,11 @@ def test_training_curves_from_clu_event_files(tmp_path):
   for step in range(1, 6):
     writer.write_scalars(step, {'train_loss': 2. / step, 'train_accuracy': step / 10,
                                 'learning_rate': 0.01 * step})
-  writer.write_scalars(5, {'eval_accuracy': 0.6})
+  writer.write_scalars(5, {'test/accuracy': 0.6, 'fewshot/5shot': 0.4})
   writer.flush()
   scalars = visualize.read_scalars(str(tmp_path))
-  assert set(scalars) == {'train_loss', 'train_accuracy', 'learning_rate', 'eval_accuracy'}
+  assert set(scalars) == {'train_loss', 'train_accuracy', 'learning_rate', 'test/accuracy',
+                          'fewshot/5shot'}
   steps, values = scalars['train_loss']
   np.testing.assert_array_equal(steps, [1, 2, 3, 4, 5])
   np.testing.assert_allclose(values, [2., 1., 2 / 3, .5, .4], rtol=1e-6)

@@ -1,18 +1,20 @@
 """A seconds-scale training config for the tests (a 1-layer, 32-wide ViT on 32 px images)."""
 
 from vit_jax.training import base_config
+from vit_jax.training import config_args
 
 
 def get_config(arg: str = ''):
+  """`arg`: DATASET (default cifar10), and `evals=` as every config."""
+  args = config_args.parse_arg(arg, dataset='cifar10')
   config = base_config.get_config()
   config.model_name = 'ViT-CIFAR_4'
   config.model = dict(patches={'size': (8, 8)}, hidden_size=32,
                       transformer={'num_layers': 1, 'mlp_dim': 64, 'num_heads': 2,
                                    'dropout_rate': 0.1})
-  config.dataset = arg or 'cifar10'
+  config.dataset = args.dataset
   config.download = False
   config.train_split = 'train[:1024]'
-  config.eval_split = 'test[:300]'
   config.image_size = 32
   config.pp_train = 'random_crop(pad=4)|flip_lr|normalize("cifar10")'
   config.pp_eval = 'normalize("cifar10")'
@@ -25,15 +27,18 @@ def get_config(arg: str = ''):
   config.lr.base = 1e-3
   config.lr.warmup_steps = 2
   config.log_every = 4
-  config.eval_every = 12
   config.checkpoint_every = 4
   config.keep_checkpoints = 2
-  return config
+  config.evals = base_config.evaluators(
+      test=base_config.evaluator('classification', split='test[:300]', every=12))
+  return base_config.finish(config, args)
 
 
-def for_data(data_overrides, **overrides):
-  """The tiny config on the tests' data (conftest's `data_overrides`), with field overrides."""
+def for_data(data_overrides, evals=None, **overrides):
+  """The tiny config on the tests' data (conftest's `data_overrides`), with field overrides;
+  `evals`: the fields of its `test` evaluator to set (e.g. {'split': 'test[:64]'})."""
   config = get_config(data_overrides['dataset'])
   config.update(data_overrides)
   config.update(overrides)
+  config.evals.test.update(evals or {})
   return config

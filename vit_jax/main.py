@@ -4,8 +4,9 @@ r"""Train or fine-tune a model from an experiment config.
   python -m vit_jax.main --config=configs/finetune.py:ViT-B_16,cifar10 --workdir=/tmp/ft \
       --config.pretrained_path=ViT-B_16.npz
 
-Any config field can be overridden (`--config.total_steps=100`); restarting on the same workdir
-resumes. Several hosts: start one process per host with --coordinator_address,
+Any config field can be overridden (`--config.total_steps=100`, `--config.evals.test.every=500`),
+and `FILE.py:ARGS,evals=NAME` adds an evaluator (`--config.evals.NAME.split=...`); restarting on
+the same workdir resumes. Several hosts: start one process per host with --coordinator_address,
 --num_processes and --process_id (or the environment jax.distributed reads on clusters).
 """
 
@@ -17,6 +18,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vit_jax.training import config_args
 from vit_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,7 +54,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  app.run(main, flags_parser=config_args.flags_parser)
 
 
 if __name__ == '__main__':

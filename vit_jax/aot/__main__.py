@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from vit_jax.aot import compile_job
 from vit_jax.aot import fit as fit_lib
 from vit_jax.aot import targets
+from vit_jax.training import config_args
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/FILE.py[:ARGS].', lock_config=True)
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_args.flags_parser)

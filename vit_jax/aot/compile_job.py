@@ -1,7 +1,9 @@
 """Compiles a config's real train and eval steps for a named target and reports on them.
 
-`compile_for_target(config, 'v5e-8')` builds the job with `training.job.build` (what
-`train_and_evaluate` runs and `Job.memory_analysis` compiles), lowers its steps with abstract,
+`compile_for_target(config, 'v5e-8')` prepares the config for the target's mesh
+(`training.settings.prepare`, with the dataset's class count and no data), builds the job with
+`training.job.build` (what `train_and_evaluate` runs and `Job.memory_analysis` compiles), lowers
+its steps with abstract,
 sharded arguments onto the target's compile-only devices and reads XLA's memory analysis, cost
 analysis and optimized HLO. Nothing is allocated and no accelerator is needed.
 """
@@ -27,6 +29,7 @@ from vit_jax.data import labels
 from vit_jax.models import layers
 from vit_jax.training import distill
 from vit_jax.training import job as job_lib
+from vit_jax.training import settings as settings_lib
 from vit_jax.training import sharding
 
 _UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
@@ -63,26 +66,29 @@ class Report:
     return json.dumps(dataclasses.asdict(self), indent=2, default=str)
 
 
-def num_classes_of(config: ml_collections.ConfigDict) -> int:
-  """`config.num_classes`, else the dataset's class count (the data need not be present)."""
-  if config.get('num_classes'):
-    return int(config.num_classes)
-  if config.get('dataset') in labels.DATASETS:
-    return labels.DATASETS[config.dataset][1]
-  raise ValueError(f'Unknown class count of dataset {config.get("dataset")!r}: set '
-                   '--config.num_classes')
+def prepared(config: ml_collections.ConfigDict,
+             mesh: jax.sharding.Mesh) -> ml_collections.FrozenConfigDict:
+  """The job's settings of `config` on `mesh` without its data: the class count is
+  `config.num_classes` or the dataset's (`data.labels`), the steps the config's."""
+  if config.num_classes:
+    num_classes = int(config.num_classes)
+  elif config.dataset in labels.DATASETS:
+    num_classes = labels.DATASETS[config.dataset][1]
+  else:
+    raise ValueError(f'Unknown class count of dataset {config.dataset!r}: set '
+                     '--config.num_classes')
+  return settings_lib.prepare(config, settings_lib.DataFacts(num_classes=num_classes), mesh)
 
 
-def summary(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The config fields that decide the compiled program's size."""
-  model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
-  transformer = model.get('transformer') or {}
-  return {'model_name': config.model_name, 'image_size': config.image_size,
-          'batch_size': int(config.batch_size), 'eval_batch_size': int(config.eval_batch_size),
-          'accum_steps': int(config.get('accum_steps', 1)), 'dtype': model.get('dtype', 'float32'),
-          'remat': bool(transformer.get('remat', False)), 'scan': bool(transformer.get('scan', False)),
-          'mesh': [list(a) for a in config.mesh],
-          'sharding_rules': [list(r) for r in config.get('sharding_rules', ())]}
+def summary(settings: ml_collections.FrozenConfigDict) -> dict[str, Any]:
+  """The settings that decide the compiled program's size."""
+  transformer = settings.model.get('transformer') or {}  # Models without one: no remat, scan.
+  return {'model_name': settings.model_name, 'image_size': list(settings.image_size),
+          'batch_size': settings.batch_size, 'eval_batch_size': settings.eval_batch_size,
+          'accum_steps': settings.accum_steps, 'dtype': settings.model.dtype,
+          'remat': bool(transformer.get('remat')), 'scan': bool(transformer.get('scan')),
+          'mesh': [list(a) for a in settings.mesh],
+          'sharding_rules': [list(r) for r in settings.sharding_rules]}
 
 
 def _hlo_bytes(message: str, what: str) -> int | None:
@@ -112,31 +118,31 @@ def _platform(target: targets.Target, attention: str = 'auto') -> Iterator[None]
     yield
 
 
-def model_flops(config: ml_collections.ConfigDict, model: Any, num_classes: int) -> float | None:
+def model_flops(settings: ml_collections.FrozenConfigDict, model: Any) -> float | None:
   """3 x the analytic forward FLOPs x batch: the matmul work of one optimizer step (ViTs)."""
   fields = ('transformer', 'patches', 'hidden_size', 'classifier', 'representation_size',
             'resnet')
   spec = ml_collections.ConfigDict({k: getattr(model, k) for k in fields if hasattr(model, k)})
-  size = config.image_size
-  forward = flops_lib.vit_forward_flops(spec, num_classes, size if isinstance(size, int)
-                                        else size[0])
-  return None if forward is None else 3. * forward * int(config.batch_size)
+  forward = flops_lib.vit_forward_flops(spec, settings.num_classes, settings.image_size[0])
+  return None if forward is None else 3. * forward * settings.batch_size
 
 
-def _teacher(config: ml_collections.ConfigDict, num_classes: int,
+def _teacher(settings: ml_collections.FrozenConfigDict,
              mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
-  """A distillation config's teacher module and replicated abstract variables, else (None,
-  None): the train step a DeiT run compiles includes the frozen teacher's forward pass."""
-  if not config.get('distillation'):
+  """A distillation job's teacher module and replicated abstract variables, else (None, None):
+  the train step a DeiT run compiles includes the frozen teacher's forward pass."""
+  if not settings.distillation:
     return None, None
-  model, shapes = distill.abstract_teacher(config, num_classes)
+  model, shapes = distill.abstract_teacher(settings.distillation, settings.image_size,
+                                           settings.num_classes)
   replicated = sharding.replicated(mesh)
   return model, jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
-def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float | None:
-  """XLA's HLO cost analysis of the whole step as one loop-free program (on the host CPU).
+def xla_step_flops(config: ml_collections.ConfigDict) -> float | None:
+  """XLA's HLO cost analysis of the whole step of `config` as one loop-free program (on the
+  host CPU).
 
   Loops are counted once by XLA, so the step is lowered with one micro-batch of the full batch
   and unscanned layers: the same arithmetic, remat's recomputation included.
@@ -148,9 +154,10 @@ def xla_step_flops(config: ml_collections.ConfigDict, num_classes: int) -> float
   cpu = jax.local_devices(backend='cpu')[:1]
   names = tuple(str(name) for name, _ in config.mesh)
   mesh = jax.sharding.Mesh(np.array(cpu).reshape((1,) * len(names)), names)
+  settings = prepared(flat, mesh)
   with jax.set_mesh(mesh):
-    teacher, teacher_variables = _teacher(flat, num_classes, mesh)
-    job = job_lib.build(flat, num_classes, mesh, teacher=teacher)
+    teacher, teacher_variables = _teacher(settings, mesh)
+    job = job_lib.build(settings, mesh, teacher=teacher)
     lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), teacher_variables)
     analysis = lowered.cost_analysis()
   return float(analysis['flops']) if analysis and 'flops' in analysis else None
@@ -192,14 +199,13 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
   """
   target = targets.parse(target_name)
   devices = targets.devices(target)
-  num_classes = num_classes_of(config)
   mesh = sharding.make_mesh(config.mesh, devices)
+  settings = prepared(config, mesh)
   options = targets.GPU_COMPILER_OPTIONS if target.platform == 'gpu' else None
-  accum = int(config.get('accum_steps', 1))
   usable = targets.usable_memory_bytes(target)
   with _platform(target, attention), jax.set_mesh(mesh):
-    teacher, teacher_variables = _teacher(config, num_classes, mesh)
-    job = job_lib.build(config, num_classes, mesh, teacher=teacher)
+    teacher, teacher_variables = _teacher(settings, mesh)
+    job = job_lib.build(settings, mesh, teacher=teacher)
     start = time.time()
     lowered = job.train_step.lower(job.abstract_state(), job.abstract_batch(), teacher_variables)
     compiled, oom = None, None
@@ -220,7 +226,7 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
     stats = compiled.memory_analysis()
     per_device['temporaries'] = int(stats.temp_size_in_bytes)
     per_device['total'] = flops_lib.peak_bytes(compiled)
-    analysis = hlo.analyze(compiled.as_text(), accum)
+    analysis = hlo.analyze(compiled.as_text(), settings.accum_steps)
     fits = usable is None or per_device['total'] <= usable
     if not fits:
       oom = (f'needs {per_device["total"] / 2**30:.2f} GiB per device, more than the '
@@ -230,7 +236,7 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
     per_device['total'] = None
     analysis = {'collectives': {}, 'fused_attention_kernels': {}, 'while_loops': []}
     fits = False
-  analytic = model_flops(config, job.model, num_classes)
+  analytic = model_flops(settings, job.model)
   seconds, mfu, note = (_estimate(target, compiled, analysis, analytic, devices[0])
                         if compiled is not None else (None, None, 'did not compile (memory)'))
   if compiled is None or not executable_path or not _save_executable(compiled, executable_path):
@@ -239,12 +245,12 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
       target=target.name, devices=target.num_devices, device_kind=devices[0].device_kind,
       device_memory_bytes=targets.device_memory_bytes(target), usable_memory_bytes=usable,
       fits=fits, per_device_bytes=per_device, oom_message=oom,
-      flops_per_step=xla_step_flops(config, num_classes) if count_flops else None,
+      flops_per_step=xla_step_flops(config) if count_flops else None,
       model_flops_per_step=analytic, estimated_step_seconds=seconds, estimated_mfu=mfu,
       estimate_note=note, collectives=analysis['collectives'],
       fused_attention_kernels=analysis['fused_attention_kernels'],
       while_loops=analysis['while_loops'], compile_seconds=round(compile_seconds, 2),
-      eval_step=eval_report, config=summary(config), attention=attention,
+      eval_step=eval_report, config=summary(settings), attention=attention,
       executable_path=executable_path)
 
 
@@ -254,11 +260,10 @@ def eval_and_flops(config: ml_collections.ConfigDict, target_name: str
   target = targets.parse(target_name)
   mesh = sharding.make_mesh(config.mesh, targets.devices(target))
   options = targets.GPU_COMPILER_OPTIONS if target.platform == 'gpu' else None
-  num_classes = num_classes_of(config)
   with _platform(target), jax.set_mesh(mesh):
-    job = job_lib.build(config, num_classes, mesh)
+    job = job_lib.build(prepared(config, mesh), mesh)
     report = _compile_eval(job, options, targets.usable_memory_bytes(target))
-  return report, xla_step_flops(config, num_classes)
+  return report, xla_step_flops(config)
 
 
 def _compile_eval(job: job_lib.Job, options: dict[str, Any] | None,

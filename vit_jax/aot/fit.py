@@ -40,18 +40,18 @@ class Variant:
   def overrides(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config fields this variant sets, as `--config.FIELD` names -> values."""
     out: dict[str, Any] = {}
-    if self.accum_steps != int(config.get('accum_steps', 1)):
+    if self.accum_steps != config.accum_steps:
       out['accum_steps'] = self.accum_steps
-    if self.remat and not _transformer(config).get('remat', False):
+    if self.remat and not _remat(config):
       out['model.transformer.remat'] = True
-    if self.fsdp and tuple(config.get('sharding_rules', ())) != FSDP_RULES:
+    if self.fsdp and tuple(config.sharding_rules) != FSDP_RULES:
       out['sharding_rules'] = FSDP_RULES
     return out
 
 
-def _transformer(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  model = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
-  return model.get('transformer') or {}
+def _remat(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config recomputes its encoder blocks (models without one: False)."""
+  return bool('transformer' in config.model and config.model.transformer.remat)
 
 
 def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]
@@ -91,7 +91,7 @@ def _need(report: compile_job.Report) -> int | None:
 
 def valid_accum_steps(config: ml_collections.ConfigDict, units: int) -> list[int]:
   """Accumulation steps that split the batch evenly over micro-batches and devices."""
-  batch, start = int(config.batch_size), int(config.get('accum_steps', 1))
+  batch, start = int(config.batch_size), int(config.accum_steps)
   return [a for a in range(start, batch // units + 1) if batch % (a * units) == 0]
 
 
@@ -109,8 +109,7 @@ def fit(config: ml_collections.ConfigDict, target_name: str, max_compiles: int =
   if not accums:
     raise ValueError(f'config.batch_size={config.batch_size} is not divisible by accum_steps x '
                      f'the {units} devices the batch is split over')
-  configured = (bool(_transformer(config).get('remat', False)),
-                tuple(config.get('sharding_rules', ())) == FSDP_RULES)
+  configured = (_remat(config), tuple(config.sharding_rules) == FSDP_RULES)
   # (remat, fsdp), cheapest first; a knob the config already sets stays set.
   kinds = [(r, f) for r in (False, True) for f in (False, True)
            if r >= configured[0] and f >= configured[1] and (not r or _has_transformer(config))]
@@ -143,8 +142,7 @@ def fit(config: ml_collections.ConfigDict, target_name: str, max_compiles: int =
         if with_eval:
           report.eval_step, report.flops_per_step = compile_job.eval_and_flops(chosen, target_name)
         else:
-          report.flops_per_step = compile_job.xla_step_flops(chosen,
-                                                             compile_job.num_classes_of(chosen))
+          report.flops_per_step = compile_job.xla_step_flops(chosen)
         return report
       available = _available(report)
       need = _need(report)

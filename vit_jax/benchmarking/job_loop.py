@@ -25,16 +25,23 @@ from vit_jax.training import config_args
 
 
 def quick_config(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
-  """`config` for 2 x `steps` steps, logged after each half, evaluated on one batch, no export."""
+  """`config` for 2 x `steps` steps, logged after each half, no export; evaluated at the end by
+  its classification evaluators, each on one batch (no few-shot probes)."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.total_steps = 2 * steps
   config.num_epochs = None
   config.log_every = steps
-  config.eval_every = config.checkpoint_every = 10 * steps
-  config.fewshot_every = 0
+  config.checkpoint_every = 10 * steps
   config.export_npz = False
-  if '[' not in config.eval_split:  # The final evaluation is not timed: keep it short.
-    config.eval_split = f'{config.eval_split}[:{config.eval_batch_size}]'
+  evals = {}
+  for name, entry in config.evals.items():
+    if entry.type != 'classification':
+      continue
+    entry.every = 10 * steps
+    if '[' not in entry.split:  # The final evaluation is not timed: keep it short.
+      entry.split = f'{entry.split}[:{entry.batch_size or config.eval_batch_size}]'
+    evals[name] = entry
+  config.evals = ml_collections.ConfigDict(evals)
   return config
 
 
@@ -60,7 +67,8 @@ def job_images_per_s(config: ml_collections.ConfigDict, steps: int,
 def pipeline_images_per_s(config: ml_collections.ConfigDict, steps: int) -> float:
   """Images/s of the training stream alone over `steps` batches after `steps` untimed ones."""
   from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  source = input_pipeline.get_source(config, config.train_split)
+  source = input_pipeline.get_source(config.dataset, config.train_split,
+                                     data_dir=config.data_dir, download=config.download)
   batches = input_pipeline.train_dataset(config, source, config.batch_size).as_numpy_iterator()
   for _ in range(steps):
     next(batches)

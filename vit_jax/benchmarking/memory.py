@@ -9,8 +9,9 @@ import jax
 
 from vit_jax.benchmarking import report
 from vit_jax.training import base_config
-from vit_jax.training import sharding
 from vit_jax.training import job as job_lib
+from vit_jax.training import settings as settings_lib
+from vit_jax.training import sharding
 
 
 def memory_table(model_names: Sequence[str], batch: int, resolution: int, dtype: str,
@@ -37,8 +38,10 @@ def memory_table(model_names: Sequence[str], batch: int, resolution: int, dtype:
       config.batch_size = batch
       config.optimizer.name = 'adam'
       config.sharding_rules = rules
+      settings = settings_lib.prepare(base_config.with_model_fields(config),
+                                      settings_lib.DataFacts(num_classes=num_classes), mesh)
       print(f'[memory] {name} {layout} ...', file=sys.stderr, flush=True)
-      stats = job_lib.build(config, num_classes, mesh).memory_analysis()
+      stats = job_lib.build(settings, mesh).memory_analysis()
       totals[layout] = stats['params_bytes'] + stats['opt_state_bytes']
       out.append(f"| {name} | {layout} | {mib(stats['params_bytes'])} | "
                  f"{mib(stats['opt_state_bytes'])} | {mib(totals[layout])} | "

@@ -62,7 +62,7 @@ def _measure(cores: Sequence[int], root: str, image_size: int, pp: str, batch: i
   os.sched_setaffinity(0, cores)  # Before TensorFlow starts its threads, which inherit it.
   from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   config = _config(root, image_size, pp)
-  source = input_pipeline.get_source(config, 'train')
+  source = input_pipeline.get_source(config.dataset, 'train', data_dir=config.data_dir)
   stream = input_pipeline.train_dataset(config, source, batch).as_numpy_iterator()
   for _ in range(2):  # Thread pools, autotuning and the page cache warm up.
     next(stream)

@@ -49,7 +49,7 @@ def time_resume(config: Any, split: str, batch: int, fractions: Sequence[float],
 
   def once(fraction):
     start = time.perf_counter()
-    source = input_pipeline.get_source(config, split)
+    source = input_pipeline.get_source(config.dataset, split, data_dir=config.data_dir)
     setup = time.perf_counter()
     start_step = round(fraction * (source.num_examples // batch))
     next(iter(input_pipeline.train_dataset(config, source, batch, start_step)))

@@ -9,11 +9,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from vit_jax.benchmarking import flops as flops_lib
+from vit_jax.training import base_config
 from vit_jax.training import step as step_lib
 
 
@@ -61,7 +61,7 @@ def measure_inference(model: Any, params: Any, images: jax.Array, iterations: in
 def train_step(model: Any, learning_rate: float = 0.01) -> tuple[Callable, Any, str]:
   """(step function, optimizer, description): the training loop's step, SGD momentum 0.9."""
   tx = optax.sgd(learning_rate, momentum=0.9)
-  config = ml_collections.ConfigDict({'accum_steps': 1, 'label_smoothing': 0.})
+  config = base_config.get_config()  # One micro-batch, softmax cross-entropy, no mixup or EMA.
   step = step_lib.make_train_step(model, tx, optax.constant_schedule(learning_rate), config)
   return step, tx, 'vit_jax.training.step.make_train_step with optax SGD, momentum 0.9'
 

@@ -60,22 +60,18 @@ class Source:
     return self.encoded.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _data_dir(config: Any) -> str | None:
-  return config.get('data_dir') or os.environ.get('TFDS_DATA_DIR')
-
-
 # ---------------------------------------------------------------------------------------------
 # Sources.
 
 
-def _tfds_builder(config: Any) -> tfds.core.DatasetBuilder:
+def _tfds_builder(dataset: str, data_dir: str | None, download: bool) -> tfds.core.DatasetBuilder:
   try:
-    builder = tfds.builder(config.dataset, data_dir=_data_dir(config))
+    builder = tfds.builder(dataset, data_dir=data_dir or os.environ.get('TFDS_DATA_DIR'))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown dataset {config.dataset!r} (config.dataset): {e}') from e
+    raise ValueError(f'Unknown dataset {dataset!r} (config.dataset): {e}') from e
   if not builder.is_prepared():
-    if not config.get('download', True):
-      raise ValueError(f'Dataset {config.dataset!r} is not prepared in {builder.data_dir} and '
+    if not download:
+      raise ValueError(f'Dataset {dataset!r} is not prepared in {builder.data_dir} and '
                        'config.download is False')
     builder.download_and_prepare()
   return builder
@@ -87,15 +83,15 @@ def _check_split(split: str, known: list[str], what: str) -> None:
     raise ValueError(f'Unknown split {split!r} for {what}; available splits: {sorted(known)}')
 
 
-def _tfds_source(config: Any, split: str) -> Source:
-  builder = _tfds_builder(config)
-  _check_split(split, list(builder.info.splits), f'dataset {config.dataset!r}')
+def _tfds_source(dataset: str, split: str, data_dir: str | None, download: bool) -> Source:
+  builder = _tfds_builder(dataset, data_dir, download)
+  _check_split(split, list(builder.info.splits), f'dataset {dataset!r}')
   count = jax.process_count()
   try:
     process_splits = tfds.even_splits(split, n=count, drop_remainder=False)
     sizes = [builder.info.splits[s].num_examples for s in process_splits]
   except (ValueError, KeyError, AssertionError) as e:
-    raise ValueError(f'Bad split {split!r} for dataset {config.dataset!r}: {e}') from e
+    raise ValueError(f'Bad split {split!r} for dataset {dataset!r}: {e}') from e
   index, process_split = jax.process_index(), process_splits[jax.process_index()]
   ds = builder.as_dataset(split=process_split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
@@ -110,7 +106,7 @@ def _tfds_source(config: Any, split: str) -> Source:
     return {'image': image_feature.decode_example(ex['image']), 'label': ex['label']}
 
   label = builder.info.features['label']
-  where = f'{config.dataset} {split}' + (f' (slice {index + 1} of {count})' if count > 1 else '')
+  where = f'{dataset} {split}' + (f' (slice {index + 1} of {count})' if count > 1 else '')
   return Source(ds, decode, sizes[index], max(sizes), label.num_classes,
                 class_names=tuple(label.names) if getattr(label, 'names', None) else None,
                 name=lambda ex: tf.strings.join([where, ' example ',
@@ -125,14 +121,13 @@ def _slice(n: int, bound: str, default: int) -> int:
   return int(bound)
 
 
-def _imagefolder_source(config: Any, split: str) -> Source:
+def _imagefolder_source(root: str | None, split: str) -> Source:
   """`data_dir/<split>/<class>/*.jpg|png`; classes are the sorted folder names of `train`.
 
   Like the original's `tf.data.Dataset.list_files`, the files are listed in a (fixed-seed)
   random order before slicing, so every slice holds every class in proportion, and processes
   take interleaved shards of it.
   """
-  root = config.get('data_dir')
   if not root or not os.path.isdir(root):
     raise ValueError(f"dataset 'imagefolder' needs config.data_dir to be a folder, got {root!r}")
   match = _SLICE_RE.match(split)
@@ -175,11 +170,14 @@ def _imagefolder_source(config: Any, split: str) -> Source:
                 class_names=tuple(classes), name=lambda ex: ex['image'])
 
 
-def get_source(config: Any, split: str) -> Source:
-  """The process-local slice of `split` of `config.dataset` (a TFDS name or 'imagefolder')."""
-  if config.dataset == 'imagefolder':
-    return _imagefolder_source(config, split)
-  return _tfds_source(config, split)
+def get_source(dataset: str, split: str, *, data_dir: str | None = None,
+               download: bool = False) -> Source:
+  """The process-local slice of `split` ('train[:98%]') of `dataset`: a TFDS name (in `data_dir`,
+  else TFDS_DATA_DIR; `download`: TFDS may download and prepare it) or 'imagefolder' (at
+  `data_dir`)."""
+  if dataset == 'imagefolder':
+    return _imagefolder_source(data_dir, split)
+  return _tfds_source(dataset, split, data_dir, download)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +216,7 @@ def _global_position(position: tf.Tensor, local_batch: int) -> tf.Tensor:
 
 def train_dataset(config: Any, source: Source, local_batch: int, start_step: int = 0,
                   ) -> tf.data.Dataset:
-  """Infinite stream of local training batches starting at optimizer step `start_step`.
+  """Infinite stream of local training batches of the job's `config` from step `start_step`.
 
   Batches are {'image', 'label', 'mask'}: 'mask' is 0 for an image that could not be decoded.
   """
@@ -226,12 +224,12 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
     raise ValueError(f'The training split has {source.num_examples} examples on this process, '
                      f'fewer than one local batch ({local_batch})')
   ops = preprocess.parse(config.pp_train, config.image_size)
-  base = source.encoded.cache() if config.get('cache_train', False) else source.encoded
+  base = source.encoded.cache() if config.cache_train else source.encoded
   seed = int(config.seed)
   n = source.num_examples
-  buffer = n if source.shuffle_whole_split else config.get('shuffle_buffer', 50_000)
+  buffer = n if source.shuffle_whole_split else config.shuffle_buffer
 
-  repeats = int(config.get('repeated_augmentation', 1))
+  repeats = int(config.repeated_augmentation)
 
   def epoch(index):
     epoch_seed = seed * 1_000_003 + index
@@ -264,30 +262,31 @@ def train_dataset(config: Any, source: Source, local_batch: int, start_step: int
   # Batched before decoding: one nested dataset per batch guards the decoding (see
   # `_batch_decoder`), far cheaper than one per example.
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.map(_batch_decoder(source, process, config), num_parallel_calls=_DECODE_BATCHES,
-              deterministic=True)
+  ds = ds.map(_batch_decoder(source, process, config.skip_corrupt_images),
+              num_parallel_calls=_DECODE_BATCHES, deterministic=True)
   return ds.prefetch(2)
 
 
-def eval_dataset(config: Any, source: Source, local_batch: int) -> tuple[tf.data.Dataset, int]:
-  """Local eval batches with a 'mask'; returns (dataset, number of batches).
-
-  'mask' is 1 for the examples to count, 0 for padding and for images that could not be decoded
-  (those also have 'skipped' 1).
+def eval_dataset(source: Source, local_batch: int, *, pp: str, image_size: int | tuple[int, int],
+                 skip_corrupt_images: bool) -> tuple[tf.data.Dataset, int]:
+  """Local eval batches of images preprocessed by `pp` to `image_size`, with a 'mask'; returns
+  (dataset, number of batches). 'mask' is 1 for the examples to count, 0 for padding and for
+  images that could not be decoded (those also have 'skipped' 1; an error naming them unless
+  `skip_corrupt_images`).
 
   Every process yields the same number of batches, enough for the largest process slice.
   """
-  ops = preprocess.parse(config.pp_eval, config.image_size)
+  ops = preprocess.parse(pp, image_size)
   num_batches = -(-source.max_process_examples // local_batch)
 
   def process(position, example):
     del position  # Evaluation is deterministic.
     image = preprocess.apply(ops, source.decode(example)['image'], _example_seed(0, 0))
-    return _at_model_size(image, config.image_size)
+    return _at_model_size(image, image_size)
 
   ds = tf.data.Dataset.zip(tf.data.Dataset.range(2**62), source.encoded).batch(local_batch)
-  ds = ds.map(_batch_decoder(source, process, config), num_parallel_calls=_DECODE_BATCHES,
-              deterministic=True)
+  ds = ds.map(_batch_decoder(source, process, skip_corrupt_images),
+              num_parallel_calls=_DECODE_BATCHES, deterministic=True)
 
   def pad(batch):
     # The last batch is padded with zeros, masked out; real examples not decoded are `skipped`.
@@ -334,7 +333,7 @@ def _report_undecodable(names: tf.Tensor, batch_size: tf.Tensor, fatal: tf.Tenso
   return tf.constant(len(names), tf.int32)
 
 
-def _batch_decoder(source: Source, process: Callable[..., tf.Tensor], config: Any,
+def _batch_decoder(source: Source, process: Callable[..., tf.Tensor], skip_corrupt_images: bool,
                    ) -> Callable[..., dict[str, tf.Tensor]]:
   """(positions, encoded records) -> {'image', 'label', 'mask'}, whatever fails to decode.
 
@@ -342,7 +341,7 @@ def _batch_decoder(source: Source, process: Callable[..., tf.Tensor], config: An
   A record whose `process` fails keeps its row as a zero image with mask 0 (its label stays), so
   the batch keeps its size and every other row its image.
   """
-  fatal = not config.get('skip_corrupt_images', True)
+  fatal = not skip_corrupt_images
 
   def decode_batch(positions, examples):
     n = tf.shape(positions)[0]

@@ -21,7 +21,7 @@ from absl import flags
 
 from vit_jax.training.fewshot import DEFAULT_L2_REG
 from vit_jax.training.fewshot import DEFAULT_SHOTS
-from vit_jax.training.fewshot import evaluate
+from vit_jax.training.fewshot import Probe
 
 # ---------------------------------------------------------------------------------------------
 # Command.
@@ -58,7 +58,7 @@ def default_pp(size: int, normalization: Any) -> str:
 
 def main(argv: Sequence[str]) -> int:
   del argv
-  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   from vit_jax.models import loader  # pylint: disable=g-import-not-at-top
   try:
     loaded = loader.load(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size)
@@ -68,15 +68,14 @@ def main(argv: Sequence[str]) -> int:
   # A training export is probed as its job's few-shot evaluator probed it (the card's pp_eval);
   # other files with big_vision's protocol.
   pp = FLAGS.pp or loaded.pp_eval or default_pp(height, loaded.normalization)
-  config = ml_collections.ConfigDict(dict(
-      dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, download=False,
-      image_size=(height, width), pp_eval=pp,
-      fewshot=dict(train_split=FLAGS.train_split, test_split=FLAGS.test_split,
-                   shots=[int(n) for n in FLAGS.shots], l2_reg=FLAGS.l2_reg, seed=0,
-                   num_seeds=FLAGS.num_seeds, batch_size=FLAGS.batch_size)))
-  results = evaluate(loaded.model, loaded.variables, config)
-  for name, accuracy in results.items():
-    print(f'{name}: {accuracy:.4f}')
+  train, test = (input_pipeline.eval_dataset(
+      input_pipeline.get_source(FLAGS.dataset, split, data_dir=FLAGS.data_dir),
+      FLAGS.batch_size, pp=pp, image_size=(height, width), skip_corrupt_images=True)[0]
+                 for split in (FLAGS.train_split, FLAGS.test_split))
+  probe = Probe(loaded.model, train, test, shots=[int(n) for n in FLAGS.shots],
+                l2_reg=FLAGS.l2_reg, seed=0, num_seeds=FLAGS.num_seeds)
+  for name, accuracy in probe(loaded.variables).items():
+    print(f'fewshot_{name}: {accuracy:.4f}')
   return 0
 
 

@@ -211,7 +211,7 @@ def _panel_of(tag: str) -> str:
   name = tag.lower()
   if 'loss' in name:
     return 'loss'
-  if 'acc' in name or 'prec@' in name:
+  if 'acc' in name or 'prec@' in name or name.endswith('shot'):  # fewshot/5shot
     return 'accuracy'
   if 'learning_rate' in name or name in ('lr', 'train_lr') or name.endswith('/lr'):
     return 'learning rate'

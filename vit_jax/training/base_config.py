@@ -1,12 +1,15 @@
 """Defaults shared by every experiment config in `configs/`; each field documented once here.
 
 Experiment configs start from `get_config()` and override fields, sharing recipes through the
-functions below (`cifar10_baseline`, `vit_finetune_recipe`, `timm_imagenet_recipe`) and parsing
-their `:ARGS` with `training.config_args.parse_arg`; every field can also be overridden on the
-command line (`--config.total_steps=100`), and an unknown field is an error.
+functions below (`cifar10_baseline`, `vit_finetune_recipe`, `timm_imagenet_recipe`), parsing
+their `:ARGS` with `training.config_args.parse_arg` and ending with `finish`. Every field can also
+be overridden on the command line (`--config.total_steps=100`), and an unknown field is an error.
+What they evaluate is `config.evals`: named evaluators, each declared by `evaluator` with every
+field of its type (`evaluator_fields`). `training.settings.prepare` turns a config into the job's
+settings; these are the only defaults.
 """
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -41,40 +44,39 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = placeholder(str)
   config.download = True  # Let TFDS download and prepare a missing dataset.
   config.train_split = 'train'
-  config.eval_split = 'test'
   config.num_classes = placeholder(int)  # None: from data.
   config.image_size = 224
-  # Preprocessing op strings (vit_jax/preprocess.py), applied per example.
+  # Preprocessing op strings (vit_jax/data/preprocess.py), applied per example; `pp_eval` is the
+  # evaluators' (where theirs is None) and the exported model card's.
   config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize|value_range(-1, 1)'
   config.shuffle_buffer = 50_000
   config.cache_train = False  # Keep the encoded training images in memory (small datasets).
   # An image that cannot be decoded (corrupt, truncated) is logged once and skipped: a zero
   # image with no weight in the loss, counted by the `skipped_images` metric (and by
-  # `eval_skipped` in evaluation). False: it stops the run with an error naming the file.
+  # `NAME/skipped` in evaluation). False: it stops the run with an error naming the file.
   config.skip_corrupt_images = True
   # Repeated augmentation (DeiT): each image k times per epoch, differently augmented.
   config.repeated_augmentation = 1
-  # Batch-level mixup/cutmix in the train step (vit_jax/mixup.py); None disables it.
+  # Batch-level mixup/cutmix in the train step (vit_jax/training/mixup.py); None disables it.
   config.mixup = placeholder(ml_collections.ConfigDict)
   config.label_smoothing = 0.0
   # big_vision's losses: 'softmax_xent' or 'sigmoid_xent' (independent per-class sigmoids, the
   # ImageNet-21k pre-training loss, where a -10 head bias starts every class near p = 0).
   config.loss = 'softmax_xent'
-  # DeiT distillation (vit_jax/distill.py): a ConfigDict with teacher_model (zoo name),
-  # teacher_path (.npz), teacher_overrides, kind ('hard' or 'soft'), alpha, temperature; the
-  # student sets config.model.distilled = True.
+  # DeiT distillation (vit_jax/training/distill.py), declared by `distillation(...)`; None
+  # disables it. The student sets config.model.distilled = True.
   config.distillation = placeholder(ml_collections.ConfigDict)
 
   # Optimisation. Global batch; accum_steps micro-batches per step to fit small memories.
   config.batch_size = 512
-  config.eval_batch_size = 512
+  config.eval_batch_size = 512  # The evaluators' global batch, where theirs is None.
   config.accum_steps = 1
   config.total_steps = 10_000
   config.num_epochs = placeholder(float)  # Overrides steps.
   config.optimizer = ml_collections.ConfigDict(dict(
       name='sgd',  # 'sgd', 'adam' or 'adamw'
-      momentum=0.9,
+      momentum=0.9, nesterov=False,  # 'sgd'
       accumulator_dtype='',  # e.g. 'bfloat16' for the SGD momentum / Adam first moment
       b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0,
@@ -91,26 +93,99 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Devices: mesh axes as (name, size) with -1 for "the remaining devices".
   config.mesh = (('data', -1),)
-  # Parameter/optimizer-state sharding rules (vit_jax/sharding.py): (regex, spec) pairs.
+  # Parameter/optimizer-state sharding rules (vit_jax/training/sharding.py): (regex, spec) pairs.
   config.sharding_rules = ()
 
   # Bookkeeping.
   config.log_every = 50
-  config.eval_every = 1000
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.export_npz = True  # Also write the final parameters as an original-format .npz.
   # Weight EMA: ema = decay * ema + (1 - decay) * params after every step; 0 disables it. When on,
-  # evaluation also reports the average (`ema_eval_*`) and it is exported as model_ema.npz.
-  # BatchNorm statistics get the same average (timm's ModelEmaV3), in model_ema_state.npz.
+  # the classification evaluators also report the average (`NAME/ema_accuracy`, ...; their `ema`
+  # option) and it is exported as model_ema.npz. BatchNorm statistics get the same average
+  # (timm's ModelEmaV3), in model_ema_state.npz.
   config.ema_decay = 0.
-  # Few-shot linear probes on the pre-logits features (vit_jax/fewshot.py) every `fewshot_every`
-  # steps (0: never), on `fewshot`'s splits of `dataset`, preprocessed with `pp_eval`.
-  config.fewshot_every = 0
-  config.fewshot = ml_collections.ConfigDict(dict(
-      train_split='train[:1000]', test_split='test[:1000]', shots=(1, 5, 10, 25),
-      l2_reg=2.**10, seed=0, num_seeds=3, batch_size=64))  # big_vision: 3 seeds (averaged)
+
+  # What the job evaluates: name -> an `evaluator(TYPE, ...)`, each run every `every` steps and at
+  # the last one, its metrics written as NAME/METRIC (e.g. test/accuracy, minival/loss). Configs
+  # declare theirs; `--config=FILE.py:ARGS,evals=NAME[:TYPE]` adds one on the command line
+  # (`finish`), whose fields `--config.evals.NAME.FIELD=...` then sets.
+  config.evals = ml_collections.ConfigDict({'test': evaluator('classification')})
   return config
+
+
+def evaluator_fields(kind: str) -> dict[str, Any]:
+  """The fields of an evaluator of type `kind` with their defaults (fresh placeholders).
+
+  Where `dataset`, `data_dir` or `pp` is None, the evaluator reads the job's (`dataset`,
+  `data_dir`, `pp_eval`), at the job's `image_size`.
+
+  Raises:
+    ValueError: an unknown type, naming the types.
+  """
+  data = dict(every=1000,  # Steps between evaluations (and the last step); 0: never.
+              dataset=placeholder(str), data_dir=placeholder(str), pp=placeholder(str))
+  if kind == 'classification':
+    # Top-1 and top-5 accuracy and loss over every example of `split`, exactly once
+    # (`training.evaluators.Classification`): NAME/accuracy, NAME/top5_accuracy, NAME/loss
+    # (NAME/skipped: images that could not be decoded). `batch_size`: global, None: the job's
+    # eval_batch_size. `ema`: also the weight EMA's (NAME/ema_accuracy, ...); None: where the
+    # job keeps one (config.ema_decay > 0).
+    return dict(data, split='test', batch_size=placeholder(int), ema=placeholder(bool))
+  if kind == 'fewshot':
+    # Few-shot linear probes on the pre-logits features (`training.fewshot`, big_vision's
+    # fewshot_lsr): NAME/{n}shot for n in `shots`, drawn from `train_split` with `num_seeds`
+    # seeds from `seed` (averaged; big_vision's 3), scored on `test_split`; `batch_size` images
+    # per forward pass on each process. `ema`: probe the weight EMA instead.
+    return dict(data, train_split='train[:1000]', test_split='test[:1000]',
+                shots=(1, 5, 10, 25), l2_reg=2.**10, seed=0, num_seeds=3, batch_size=64,
+                ema=False)
+  raise ValueError(f'Unknown evaluator type {kind!r}; types: {", ".join(EVALUATOR_TYPES)}')
+
+
+EVALUATOR_TYPES = ('classification', 'fewshot')
+
+
+def distillation(**fields: Any) -> ml_collections.ConfigDict:
+  """`config.distillation` with every field, `fields` set over the defaults.
+
+  teacher_model: a zoo name; teacher_path: its file (any the one loader reads);
+  teacher_overrides: fields the teacher model is built with; kind: 'hard' (the paper's best) or
+  'soft'; alpha: the weight of the distillation term; temperature: of 'soft'.
+
+  Raises:
+    ValueError: a field distillation does not have (its fields named).
+  """
+  return _with_fields(dict(teacher_model='', teacher_path='', teacher_overrides={}, kind='hard',
+                           alpha=0.5, temperature=1.0), fields, 'config.distillation')
+
+
+def evaluator(kind: str, **fields: Any) -> ml_collections.ConfigDict:
+  """An evaluator of type `kind` with every field of its type, `fields` set over the defaults.
+
+  Raises:
+    ValueError: an unknown type (the types named) or a field the type does not have (its fields
+      named).
+  """
+  return _with_fields({'type': kind, **evaluator_fields(kind)}, fields,
+                     f'An evaluator of type {kind!r}')
+
+
+def _with_fields(declared: dict[str, Any], fields: Mapping[str, Any], what: str
+                 ) -> ml_collections.ConfigDict:
+  """A ConfigDict of the `declared` fields and defaults, `fields` set over them."""
+  unknown = sorted(set(fields) - set(declared))
+  if unknown:
+    raise ValueError(f'{what} has no field {unknown[0]!r}; its fields: {", ".join(declared)}')
+  config = ml_collections.ConfigDict(declared)
+  config.update(fields)
+  return config
+
+
+def evaluators(**named: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.evals` of the named evaluators, e.g. evaluators(test=evaluator(...))."""
+  return ml_collections.ConfigDict(named)
 
 
 def cifar10_baseline(config: ml_collections.ConfigDict, quick: bool) -> ml_collections.ConfigDict:
@@ -121,7 +196,6 @@ def cifar10_baseline(config: ml_collections.ConfigDict, quick: bool) -> ml_colle
   """
   config.dataset = 'cifar10'
   config.train_split = 'train'
-  config.eval_split = 'test'
   config.image_size = 32
   config.pp_train = 'random_crop(pad=4)|flip_lr|normalize("cifar10")'
   config.pp_eval = 'normalize("cifar10")'
@@ -136,14 +210,14 @@ def cifar10_baseline(config: ml_collections.ConfigDict, quick: bool) -> ml_colle
   config.lr.decay_type = 'cosine'
   config.grad_clip_norm = 0.0
   config.log_every = 100
-  config.eval_every = 3900
   config.checkpoint_every = 3900
+  config.evals = evaluators(test=evaluator('classification', split='test', every=3900))
   if quick:
     config.num_epochs = None
     config.total_steps = 1000
     config.lr.base = 1e-3
     config.lr.warmup_steps = 100
-    config.eval_every = 1000
+    config.evals.test.every = 1000
     config.checkpoint_every = 500
   return config
 
@@ -164,7 +238,8 @@ def vit_finetune_recipe(config: ml_collections.ConfigDict, model_name: str, data
 
   SGD momentum 0.9, no weight decay, global-norm clip 1, batch 512 (8 micro-batches of 64),
   warmup then cosine (steps and lr from `FINETUNE_PRESETS`), 384 px, Inception crop + flip,
-  pixels in [-1, 1].
+  pixels in [-1, 1]. Evaluated on the eval split every tenth of the run (`test`, or ImageNet's
+  `val` with `minival`, the held-out 1% of `train`, as big_vision's).
 
   Raises:
     ValueError: `dataset` has no preset.
@@ -178,7 +253,6 @@ def vit_finetune_recipe(config: ml_collections.ConfigDict, model_name: str, data
   config.model_name = model_name
   config.dataset = dataset
   config.train_split = train_split
-  config.eval_split = eval_split
   config.image_size = 384
   config.pp_train = 'inception_crop|flip_lr|value_range(-1, 1)'
   config.pp_eval = 'resize|value_range(-1, 1)'
@@ -193,12 +267,22 @@ def vit_finetune_recipe(config: ml_collections.ConfigDict, model_name: str, data
   config.lr.warmup_steps = warmup
   config.lr.decay_type = 'cosine'
   config.grad_clip_norm = 1.0
-  config.eval_every = steps // 10
   config.checkpoint_every = steps // 10
+  config.evals = held_out_evaluators(dataset, eval_split, every=steps // 10)
   return config
 
 
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
+IMAGENET_TRAIN_EXAMPLES = 1_268_355  # train[:99%] (train: 1,281,167).
+
+
+def held_out_evaluators(dataset: str, split: str, every: int) -> ml_collections.ConfigDict:
+  """`config.evals` of a recipe: classification on `split`, named `val` for ImageNet's
+  `validation` (with `minival` on `train[99%:]`, which the recipe leaves out of training, as
+  big_vision's ImageNet configs), else `test`."""
+  if dataset == 'imagenet2012' and split == 'validation':
+    return evaluators(val=evaluator('classification', split=split, every=every),
+                      minival=evaluator('classification', split='train[99%:]', every=every))
+  return evaluators(test=evaluator('classification', split=split, every=every))
 
 
 def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
@@ -209,12 +293,12 @@ def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
   `warmup_epochs` of warmup then cosine; timm's RandomResizedCrop (area 8-100%, log aspect
   uniform in 3/4-4/3, bicubic), flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25,
   label smoothing 0.1, mixup 0.8 / cutmix 1.0; eval: PIL-bicubic resize to 256, centre crop 224
-  (timm's crop_pct 0.875). Callers set clipping,
+  (timm's crop_pct 0.875), on `validation` (`val`) and on a `minival` of 1% held out of `train`,
+  as big_vision's ImageNet configs (timm trains on all of `train`). Callers set clipping,
   stochastic depth and their model.
   """
   config.dataset = 'imagenet2012'
-  config.train_split = 'train'
-  config.eval_split = 'validation'
+  config.train_split = 'train[:99%]'
   config.image_size = 224
   config.pp_train = ('random_resized_crop|flip_lr|randaug("rand-m9-mstd0.5-inc1")|'
                      'normalize("imagenet")|random_erasing(0.25)')
@@ -234,8 +318,8 @@ def timm_imagenet_recipe(config: ml_collections.ConfigDict, warmup_epochs: int
   config.mixup = ml_collections.ConfigDict(dict(
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0))
   config.log_every = 100
-  config.eval_every = 5000
   config.checkpoint_every = 5000
+  config.evals = held_out_evaluators('imagenet2012', 'validation', every=5000)
   return config
 
 
@@ -251,18 +335,47 @@ def _merge_fields(fields: ml_collections.ConfigDict, overrides: Mapping[str, Any
       fields[key] = value
 
 
+def finish(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict
+           ) -> ml_collections.ConfigDict:
+  """The last step of every config file: the evaluators `args.evals` adds, every model field.
+
+  `args` is the config's `config_args.parse_arg` result; its `evals` ('NAME[:TYPE]' strings, the
+  `evals=NAME[:TYPE]+...` config argument) become evaluators with their type's defaults
+  (classification where no type is given), so that `--config.evals.NAME.FIELD` sets them.
+
+  Raises:
+    ValueError: an evaluator the config already declares, or of an unknown type.
+  """
+  for spec in args.evals:
+    name, _, kind = spec.partition(':')
+    if name in config.evals:
+      raise ValueError(f'evals={spec!r}: the config already declares config.evals.{name}; set '
+                       f'its fields with --config.evals.{name}.FIELD')
+    config.evals[name] = evaluator(kind or 'classification')
+  return with_model_fields(config)
+
+
 def with_model_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config.model` as the full field set of `config.model_name` with the recipe's overrides.
 
-  Every config file returns through this, so that every model field is a command-line override
-  and `model.json` records the whole architecture.
+  Every config file returns through this (`finish`), so that every model field is a command-line
+  override and `model.json` records the whole architecture.
 
   Raises:
     KeyError: `config.model_name` is not in the zoo.
     ValueError: `config.model` sets a field the model does not have (the known ones named).
   """
-  fields = models.model_config(config.model_name)
-  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
-  _merge_fields(fields, overrides, 'config.model')
-  config.model = fields
+  config.model = model_fields(config.model_name, config.model.to_dict())
   return config
+
+
+def model_fields(model_name: str, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Every field of zoo model `model_name` (`models.model_config`), `overrides` set over them.
+
+  Raises:
+    KeyError: `model_name` is not in the zoo.
+    ValueError: `overrides` sets a field the model does not have (the known ones named).
+  """
+  fields = models.model_config(model_name)
+  _merge_fields(fields, overrides, 'config.model')
+  return fields

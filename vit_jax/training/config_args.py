@@ -6,20 +6,34 @@ Every config's `get_config(arg)` declares its arguments with their defaults and 
 - `key=value` sets an argument by name;
 - a bare word that names a boolean argument sets it to True (`cifar10_scratch.py:quick`);
 - any other bare word is positional: it fills the next non-boolean argument in declaration
-  order (`finetune.py:ViT-B_16,cifar10` is `model=ViT-B_16,dataset=cifar10`).
+  order (`finetune.py:ViT-B_16,cifar10` is `model=ViT-B_16,dataset=cifar10`);
+- `evals=NAME[:TYPE]+...`, which every config takes, adds evaluators to `config.evals`
+  (`base_config.finish`; classification where no TYPE is given), declared with every field of
+  their type so that `--config.evals.NAME.FIELD=...` sets them: ml_collections' command line
+  sets fields, it cannot add them
+  (`cifar10_scratch.py:quick,evals=minival --config.evals.minival.split=train[:500]`).
 
 Values take the type of their default (bool, int, float or str). A default given as a type
 (`model=str`) makes the argument required. Unknown keys, extra positionals, missing required
 arguments and values of the wrong type are a `ValueError` naming the argument and the known ones.
+
+`check_removed_overrides` (the `flags_parser` of the commands) turns a command-line override of a
+removed field (`--config.eval_every=200`) into an error naming what replaced it.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+import re
+import sys
+from typing import Any, Sequence
 
+from absl import app
 import ml_collections
+
+from vit_jax.training import base_config
+from vit_jax.training import settings
 
 _TRUE = ('true', 'yes', '1')
 _FALSE = ('false', 'no', '0')
@@ -69,7 +83,10 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
     ValueError: an unknown key, an argument given twice, more positionals than arguments, a
       missing required argument or a value that does not convert to the default's type.
   """
-  known = f'known: {", ".join(spec)}; the config takes {usage(spec)!r} or key=value'
+  if EVALS in spec:
+    raise ValueError(f'{EVALS!r} is the config argument every config takes; name yours otherwise')
+  known = (f'known: {", ".join(spec)}; the config takes {usage(spec)!r} or key=value, and '
+           f'{EVALS}=NAME[:TYPE]+...')
   values: dict[str, Any] = {}
 
   def assign(key: str, value: Any) -> None:
@@ -84,7 +101,9 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
       continue
     key, eq, value = token.partition('=')
     key = key.strip()
-    if eq:
+    if eq and key == EVALS:
+      assign(key, _evaluator_specs(value.strip(), arg))
+    elif eq:
       if key not in spec:
         raise ValueError(f'Unknown config argument {key!r} in {arg!r}; {known}')
       assign(key, _coerce(key, value.strip(), spec[key]))
@@ -100,7 +119,46 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
   if missing:
     raise ValueError(f'Config argument {missing[0]!r} missing from {arg!r}; {known}')
   return ml_collections.ConfigDict(
-      {k: values.get(k, False if v is bool else v) for k, v in spec.items()})
+      {**{k: values.get(k, False if v is bool else v) for k, v in spec.items()},
+       EVALS: values.get(EVALS, ())})
+
+
+EVALS = 'evals'
+_EVALUATOR_SPEC = re.compile(r'^[A-Za-z_]\w*(:\w+)?$')
+
+
+def _evaluator_specs(value: str, arg: str | None) -> tuple[str, ...]:
+  """'minival+probe:fewshot' -> ('minival', 'probe:fewshot'), each checked as NAME[:TYPE]."""
+  specs = tuple(v.strip() for v in value.split('+'))
+  for spec in specs:
+    if not _EVALUATOR_SPEC.match(spec):
+      raise ValueError(f'Bad {EVALS}={value!r} in {arg!r}: expected NAME[:TYPE]+..., NAME an '
+                       f'identifier and TYPE one of {", ".join(base_config.EVALUATOR_TYPES)}')
+  return specs
+
+
+def check_removed_overrides(argv: Sequence[str]) -> None:
+  """Checks that no `--config.FIELD` override in `argv` sets a removed field.
+
+  Raises:
+    ValueError: naming the field and what replaced it (ml_collections would only say that the
+      field does not exist).
+  """
+  for token in argv[1:]:
+    match = re.match(r'^--config\.(\w+)', token)
+    if match and match.group(1) in settings.REMOVED_FIELDS:
+      specs = [t.split('=', 1)[1] for t in argv[1:] if t.startswith('--config=')]
+      evals = load_config(specs[-1]).evals if specs else {}
+      raise ValueError('--' + settings.removed_field_error(match.group(1), evals))
+
+
+def flags_parser(argv: list[str]) -> list[str]:
+  """absl's flag parsing after `check_removed_overrides`, for `app.run(main, flags_parser=...)`."""
+  try:
+    check_removed_overrides(argv)
+  except ValueError as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  return app.parse_flags_with_usage(argv)
 
 
 def config_module(path: str) -> Any:

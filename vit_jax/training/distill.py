@@ -68,40 +68,35 @@ def student_logits(named: Mapping[str, jax.Array], model: nn.Module
   return named[outputs.CLS_LOGITS], named[outputs.DIST_LOGITS]
 
 
-def _teacher_overrides(dist: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`distillation.teacher_overrides` as a dict: the fields the teacher model is built with."""
-  overrides = dist.get('teacher_overrides') or {}
-  return overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides)
-
-
-def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
-  """The teacher of `config.distillation`: (model, variables) from its model file.
+def load_teacher(dist: ml_collections.ConfigDict, image_size: int | tuple[int, int],
+                 num_classes: int) -> tuple[nn.Module, Any]:
+  """The teacher of `dist` (`config.distillation`): (model, variables) from its model file.
 
   `teacher_path` is any file the one loader reads (`models.loader`: `.npz`, timm, HF), with the
-  state sidecar of a training export where the model has BatchNorm statistics.
+  state sidecar of a training export where the model has BatchNorm statistics; the model is
+  built with `teacher_overrides` for `image_size` images.
 
   Raises:
     FileNotFoundError: nothing at `teacher_path`.
     CheckpointError: the file does not give `teacher_model` with a `num_classes` head.
   """
-  dist = config.distillation
-  loaded = loader.load(dist.teacher_path, dist.teacher_model, image_size=config.image_size,
-                       **_teacher_overrides(dist))
+  loaded = loader.load(dist.teacher_path, dist.teacher_model, image_size=image_size,
+                       **dist.teacher_overrides.to_dict())
   if loaded.model.num_classes != num_classes:
     raise CheckpointError(f'The teacher {dist.teacher_path} has {loaded.model.num_classes} '
                           f'classes; the student is trained on {num_classes}')
   return loaded.model, loaded.variables
 
 
-def abstract_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[nn.Module, Any]:
+def abstract_teacher(dist: ml_collections.ConfigDict, image_size: int | tuple[int, int],
+                     num_classes: int) -> tuple[nn.Module, Any]:
   """`load_teacher`'s (model, variables) as shapes, from the zoo alone (no file is read).
 
   For compiling a distillation step ahead of time (`vit_jax.aot`): the module is built as the
   loader builds it (`teacher_model` with `teacher_overrides`), its variables are
   `jax.ShapeDtypeStruct`s.
   """
-  dist = config.distillation
   model = models.get_model(dist.teacher_model, num_classes=num_classes,
-                           **_teacher_overrides(dist))
-  size = config.image_size
-  return model, models.init_shapes(model, (size, size) if isinstance(size, int) else tuple(size))
+                           **dist.teacher_overrides.to_dict())
+  size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  return model, models.init_shapes(model, size)

@@ -1,9 +1,10 @@
-"""What the training loop evaluates: a list of evaluators, each called every so many steps.
+"""What the training loop evaluates: the evaluators `config.evals` declares, by name.
 
-Each evaluator builds its data once per job (the pipelines are built, not run, before the first
-step, so a preprocessing that does not fit the model fails at once) and returns its metrics; the
-loop writes them. `for_job` lists the ones a config asks for: accuracy on the eval split, the
-same for the weight EMA, and the few-shot probe.
+Each entry's `type` picks its class (`TYPES`); each evaluator builds its data once per job (the
+pipelines are built, not run, before the first step, so a preprocessing that does not fit the
+model fails at once), is called every `every` steps and at the last one, and returns its metrics
+named NAME/METRIC after its entry (`test/accuracy`, `minival/loss`, `fewshot/5shot`); the loop
+writes them. The weight EMA is an option of an evaluator (`ema`), not an evaluator of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from vit_jax.training.job import Job
 from vit_jax.training.step import TrainState
 
 # Metrics that describe an evaluation rather than measure the model: returned, not written.
-BOOKKEEPING = ('eval_examples', 'eval_batches')
+BOOKKEEPING = ('examples', 'batches')
+
+
+def is_bookkeeping(metric: str) -> bool:
+  """Whether `metric` (NAME/METRIC) describes an evaluation (returned, not written)."""
+  return metric.rpartition('/')[2] in BOOKKEEPING
 
 
 class Evaluator(Protocol):
@@ -33,11 +39,13 @@ class Evaluator(Protocol):
     ...
 
 
-def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.ConfigDict,
-             batch_sharding: Any, dataset: tuple[Any, int]) -> dict[str, float]:
+def evaluate(eval_step: Callable, state: TrainState, batch_sharding: Any,
+             dataset: tuple[Any, int]) -> dict[str, float | int]:
   """Top-1/top-5 accuracy and loss over every example of an eval dataset, exactly once.
 
-  `dataset`: the (dataset, number of batches) of `input_pipeline.eval_dataset`.
+  `dataset`: the (dataset, number of batches) of `input_pipeline.eval_dataset`. Returns
+  accuracy, top5_accuracy, loss, examples, batches (and skipped, where images could not be
+  decoded).
   """
   ds, num_batches = dataset
   totals = None
@@ -46,60 +54,76 @@ def evaluate(eval_step: Callable, state: TrainState, config: ml_collections.Conf
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = float(totals['count'])
-  metrics = {'eval_accuracy': float(totals['correct_top1']) / count,
-             'eval_top5_accuracy': float(totals['correct_top5']) / count,
-             'eval_loss': float(totals['loss_sum']) / count,
-             'eval_examples': count, 'eval_batches': num_batches}
+  metrics = {'accuracy': float(totals['correct_top1']) / count,
+             'top5_accuracy': float(totals['correct_top5']) / count,
+             'loss': float(totals['loss_sum']) / count,
+             'examples': int(count), 'batches': num_batches}
   if 'skipped' in totals:
-    metrics['eval_skipped'] = float(totals['skipped'])
+    metrics['skipped'] = float(totals['skipped'])
   return metrics
 
 
-class Accuracy:
-  """Accuracy and loss on the eval split; with `ema`, of the weight EMA (`ema_eval_*`)."""
+def eval_data(job: Job, entry: ml_collections.FrozenConfigDict, split: str,
+              local_batch: int) -> tuple[Any, int]:
+  """`split` of the evaluator `entry`'s dataset, preprocessed by its `pp` at the job's image
+  size: `input_pipeline.eval_dataset`'s (dataset, number of batches)."""
+  settings = job.config
+  source = input_pipeline.get_source(entry.dataset, split, data_dir=entry.data_dir,
+                                     download=settings.download)
+  return input_pipeline.eval_dataset(source, local_batch, pp=entry.pp,
+                                     image_size=settings.image_size,
+                                     skip_corrupt_images=settings.skip_corrupt_images)
 
-  def __init__(self, job: Job, dataset: tuple[Any, int], ema: bool = False):
-    self.job, self.dataset, self.ema = job, dataset, ema
-    self.every = int(job.config.eval_every)
+
+def _log(step: int, metrics: dict[str, float | int]) -> None:
+  logging.info('step %d  %s', step, '  '.join(
+      f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in metrics.items()))
+
+
+class Classification:
+  """Accuracy and loss on a split (NAME/...); with `ema`, also the weight EMA's (NAME/ema_...)."""
+
+  def __init__(self, job: Job, name: str, entry: ml_collections.FrozenConfigDict):
+    self.job, self.name, self.every, self.ema = job, name, int(entry.every), bool(entry.ema)
+    self.dataset = eval_data(job, entry, entry.split, entry.batch_size // jax.process_count())
 
   def __call__(self, step: int, state: TrainState) -> dict[str, float]:
+    metrics = self._named(state, '')
     if self.ema:  # The averaged model as a whole: parameters and BatchNorm statistics.
-      state = state.replace(params=state.ema_params, model_state=state.ema_model_state)
-    metrics = evaluate(self.job.eval_step, state, self.job.config, self.job.batch_sharding,
-                       self.dataset)
-    if self.ema:
-      metrics = {f'ema_{k}': v for k, v in metrics.items() if k not in BOOKKEEPING}
-      logging.info('step %d EMA eval: top-1 %.4f', step, metrics['ema_eval_accuracy'])
-    else:
-      logging.info('step %d eval: top-1 %.4f  top-5 %.4f  loss %.4f  (%d examples)', step,
-                   metrics['eval_accuracy'], metrics['eval_top5_accuracy'],
-                   metrics['eval_loss'], metrics['eval_examples'])
+      ema = state.replace(params=state.ema_params, model_state=state.ema_model_state)
+      metrics.update((k, v) for k, v in self._named(ema, 'ema_').items()
+                     if not is_bookkeeping(k))
+    _log(step, metrics)
     return metrics
+
+  def _named(self, state: TrainState, prefix: str) -> dict[str, float]:
+    metrics = evaluate(self.job.eval_step, state, self.job.batch_sharding, self.dataset)
+    return {f'{self.name}/{prefix}{k}': v for k, v in metrics.items()}
 
 
 class FewShot:
-  """Few-shot linear probes on the pre-logits features (`training.fewshot`)."""
+  """Few-shot linear probes on the pre-logits features (`training.fewshot`): NAME/{n}shot."""
 
-  def __init__(self, job: Job):
-    self.probe = fewshot.Probe(job.model, job.config)
-    self.every = int(job.config.fewshot_every)
+  def __init__(self, job: Job, name: str, entry: ml_collections.FrozenConfigDict):
+    self.name, self.every, self.ema = name, int(entry.every), bool(entry.ema)
+    train, test = (eval_data(job, entry, split, entry.batch_size)[0]
+                   for split in (entry.train_split, entry.test_split))
+    self.probe = fewshot.Probe(job.model, train, test, shots=entry.shots, l2_reg=entry.l2_reg,
+                               seed=entry.seed, num_seeds=entry.num_seeds)
 
   def __call__(self, step: int, state: TrainState) -> dict[str, float]:
-    variables = jax.device_get(sharding.gather({'params': state.params, **state.model_state}))
-    metrics = self.probe(variables)
-    logging.info('step %d few-shot: %s', step,
-                 '  '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+    params, model_state = ((state.ema_params, state.ema_model_state) if self.ema
+                           else (state.params, state.model_state))
+    variables = jax.device_get(sharding.gather({'params': params, **model_state}))
+    metrics = {f'{self.name}/{k}': v for k, v in self.probe(variables).items()}
+    _log(step, metrics)
     return metrics
 
 
-def for_job(job: Job, eval_source: input_pipeline.Source) -> list[Evaluator]:
-  """The evaluators `job.config` asks for, in the order the loop runs them."""
-  config = job.config
-  dataset = input_pipeline.eval_dataset(config, eval_source,
-                                        config.eval_batch_size // jax.process_count())
-  found: list[Evaluator] = [Accuracy(job, dataset)]
-  if config.get('ema_decay'):
-    found.append(Accuracy(job, dataset, ema=True))
-  if config.get('fewshot_every'):
-    found.append(FewShot(job))
-  return found
+# `type` of a `config.evals` entry -> its evaluator (`base_config.EVALUATOR_TYPES`, in order).
+TYPES = {'classification': Classification, 'fewshot': FewShot}
+
+
+def for_job(job: Job) -> list[Evaluator]:
+  """The evaluators of the job's settings (`config.evals`), by name."""
+  return [TYPES[entry.type](job, name, entry) for name, entry in job.config.evals.items()]

@@ -6,7 +6,8 @@ appended, and a ridge regression onto +-1 one-hot targets is solved in closed fo
 argmax accuracy on the test images is the n-shot accuracy. The solve uses one eigendecomposition
 of the smaller Gram matrix (X^T X or X X^T), as big_vision does.
 
-The training loop runs it as an evaluator (`config.fewshot`); `tools.fewshot` is the command.
+The training loop runs it as an evaluator (a `fewshot` entry of `config.evals`); `tools.fewshot`
+is the command.
 """
 
 from __future__ import annotations
@@ -122,26 +123,19 @@ def pre_logits_fn(model: Any) -> Callable[[Mapping[str, Any], jax.Array], jax.Ar
 class Probe:
   """The few-shot probe of one job: its data and its compiled feature extractor, built once."""
 
-  def __init__(self, model: Any, config: Any):
-    from vit_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    self.config = config.fewshot
+  def __init__(self, model: Any, train: Any, test: Any, *, shots: Sequence[int], l2_reg: float,
+               seed: int, num_seeds: int):
+    """`train`, `test`: the eval datasets (`input_pipeline.eval_dataset`) the shots are drawn
+    from and the probes scored on; the rest as `probe_accuracies`."""
     self.apply = pre_logits_fn(model)
-    self.datasets = [
-        input_pipeline.eval_dataset(config, input_pipeline.get_source(config, split),
-                                    self.config.batch_size)[0]
-        for split in (self.config.train_split, self.config.test_split)]
+    self.datasets = (train, test)
+    self.shots, self.l2_reg, self.seed, self.num_seeds = tuple(shots), l2_reg, seed, num_seeds
 
   def __call__(self, variables: Mapping[str, Any]) -> dict[str, float]:
-    """`fewshot_{n}shot` accuracies of the features of `variables` (host or device arrays)."""
+    """`{n}shot` accuracies of the features of `variables` (host or device arrays)."""
     variables = jax.device_put(variables)  # Once, not once per batch.
     train, test = (features(self.apply, variables, ds) for ds in self.datasets)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
-    fs = self.config
-    accuracies = probe_accuracies(train, test, num_classes, tuple(fs.shots), fs.l2_reg, fs.seed,
-                                  int(fs.get('num_seeds', 1)))
-    return {f'fewshot_{n}shot': acc for n, acc in accuracies.items()}
-
-
-def evaluate(model: Any, variables: Mapping[str, Any], config: Any) -> dict[str, float]:
-  """`fewshot_{n}shot` accuracies of the model's features on `config.fewshot`'s splits, once."""
-  return Probe(model, config)(variables)
+    accuracies = probe_accuracies(train, test, num_classes, self.shots, self.l2_reg, self.seed,
+                                  self.num_seeds)
+    return {f'{n}shot': acc for n, acc in accuracies.items()}

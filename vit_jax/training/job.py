@@ -2,7 +2,8 @@
 
 `train.train_and_evaluate` runs it, `Job.memory_analysis` compiles it without running it (nothing
 is allocated, so compile-only devices serve too), and the benchmarks time it: all three see the
-same step with the same shardings, accumulation, dtype and remat.
+same step with the same shardings, accumulation, dtype and remat. It is built from the job's
+settings (`training.settings.prepare`), as they are.
 """
 
 from __future__ import annotations
@@ -24,35 +25,10 @@ from vit_jax.training import step as step_lib
 from vit_jax.training.step import TrainState
 
 
-def normalized(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An unlocked copy of `config` with `image_size` as (height, width), the form every
-  consumer downstream takes (a config file or the command line may give one int)."""
-  fields = config.to_dict()
-  size = fields['image_size']
-  height, width = (size, size) if isinstance(size, int) else tuple(size)
-  fields['image_size'] = (int(height), int(width))
-  return ml_collections.ConfigDict(fields)
-
-
-def check(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Checks of `config` against `mesh` that need no data or compute (fail in seconds)."""
-  units = sharding.batch_size_per_unit(mesh)
-  accum = int(config.get('accum_steps', 1))
-  for field in ('batch_size', 'eval_batch_size'):
-    value = int(config[field])
-    if value <= 0 or value % units or value % jax.process_count():
-      raise ValueError(f'config.{field}={value} is not divisible by the {units} devices the '
-                       f'batch is split over (mesh {dict(mesh.shape)}) and the '
-                       f'{jax.process_count()} processes')
-  if accum < 1 or config.batch_size % (accum * units):
-    raise ValueError(f'config.batch_size={config.batch_size} is not divisible by '
-                     f'accum_steps ({accum}) x {units} devices')
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
   """What one run compiles and how its state is laid out."""
-  config: ml_collections.ConfigDict
+  config: ml_collections.FrozenConfigDict  # The job's settings (`training.settings.prepare`).
   model: nn.Module
   mesh: jax.sharding.Mesh
   tx: optax.GradientTransformation
@@ -71,11 +47,11 @@ class Job:
   def init_state(self, params: Any | None = None, model_state: Any | None = None) -> TrainState:
     """The initial state (given `params` and `model_state` in it), laid out on the mesh."""
     make = jax.jit(self.make_state, out_shardings=self.state_shardings)
-    return make(step_lib.seed_key(self.config), params, model_state)
+    return make(step_lib.seed_key(self.config.seed), params, model_state)
 
   def abstract_state(self) -> TrainState:
     """The state as `jax.ShapeDtypeStruct`s with their shardings (nothing allocated)."""
-    key = jax.eval_shape(lambda: step_lib.seed_key(self.config))
+    key = jax.eval_shape(lambda: step_lib.seed_key(self.config.seed))
     shapes = jax.eval_shape(self.make_state, key, None, None)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         shapes, self.state_shardings)
@@ -119,36 +95,36 @@ def per_device_bytes(tree: Any) -> int:
              for x in jax.tree.leaves(tree))
 
 
-def build(config: ml_collections.ConfigDict, num_classes: int, mesh: jax.sharding.Mesh, *,
-          params: Any | None = None, model_state: Any | None = None,
-          teacher: nn.Module | None = None) -> Job:
-  """The job of `config` on `mesh` (checked against it first).
+def build(settings: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh, *,
+          model: nn.Module | None = None, params: Any | None = None,
+          model_state: Any | None = None, teacher: nn.Module | None = None) -> Job:
+  """The job of `settings` (`training.settings.prepare`, for `mesh`) on `mesh`.
 
   Args:
-    config: the experiment config (`job.config` is its `normalized` copy).
-    num_classes: the head's size.
+    settings: the job's settings.
     mesh: the devices (real or compile-only).
+    model: the settings' model where the caller made it already (to load pre-trained
+      parameters for it); None: made here.
     params: pre-trained parameters the state will be made with (their shapes decide the
       optimizer's masks); None: fresh ones.
     model_state: pre-trained non-parameter collections, likewise.
     teacher: the distillation teacher's module, if any.
   """
-  config = normalized(config)
-  check(config, mesh)
-  model = step_lib.create_model(config, num_classes)
-  shape = (*config.image_size, 3)
+  if model is None:
+    model = step_lib.create_model(settings, settings.num_classes)
+  shape = (*settings.image_size, 3)
   with jax.set_mesh(mesh):
     param_shapes = (params if params is not None
-                    else models.init_shapes(model, config.image_size)['params'])
-    tx, schedule = optim.make_optimizer(config, param_shapes)
-    make, shardings = step_lib.state_factory(config, model, tx, mesh, shape, params,
+                    else models.init_shapes(model, settings.image_size)['params'])
+    tx, schedule = optim.make_optimizer(settings, param_shapes)
+    make, shardings = step_lib.state_factory(settings, model, tx, mesh, shape, params,
                                              model_state)
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, config, mesh, teacher),
+  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, settings, mesh, teacher),
                        in_shardings=(shardings, batch_sharding, replicated),
                        out_shardings=(shardings, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(model, mesh, config),
+  eval_step = jax.jit(step_lib.make_eval_step(model, mesh, settings.loss),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
-  return Job(config, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
+  return Job(settings, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
              eval_step)

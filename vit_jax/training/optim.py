@@ -1,6 +1,6 @@
 """Learning-rate schedules and optimizers of the recipes, built from optax pieces.
 
-`config.lr` and `config.optimizer` (see `vit_jax/base_config.py`) select them:
+`config.lr` and `config.optimizer` (see `vit_jax/training/base_config.py`) select them:
   - fine-tuning (ViT paper): SGD momentum 0.9, clip 1, warmup then cosine/linear;
   - pre-training (ViT paper): Adam with weight decay on kernels, warmup then linear decay;
   - AdamW recipes (the CIFAR-10 baseline, DeiT, Swin), with or without decay on biases and norms;
@@ -19,23 +19,24 @@ import optax
 
 
 def lr_schedule(config: Any, total_steps: int) -> optax.Schedule:
-  """The original library's schedule as an optax schedule of the update count (from 0).
+  """The original library's schedule of `config` (`config.lr`) as an optax schedule of the
+  update count (from 0).
 
   With step = count + 1: progress = clip((step - warmup) / (total - warmup), 0, 1); 'cosine':
   base * 0.5 * (1 + cos(pi * progress)); 'linear': end + (base - end) * (1 - progress);
   'constant': base; 'piecewise': base * prod(scales[i] for boundaries[i] <= step); the result
   is multiplied by min(1, step / warmup).
   """
-  base, warmup = float(config.base), int(config.get('warmup_steps', 0))
-  decay = config.get('decay_type', 'cosine')
-  end = float(config.get('end', 0.))
+  base, warmup = float(config.base), int(config.warmup_steps)
+  decay = config.decay_type
+  end = float(config.end)
   if decay not in ('cosine', 'linear', 'constant', 'piecewise'):
     raise ValueError(f"Unknown config.lr.decay_type {decay!r}; expected 'cosine', 'linear', "
                      "'constant' or 'piecewise'")
   # numpy, not jnp: building a schedule must allocate nothing (compile-only devices, vit_jax.aot).
-  boundaries = np.asarray(config.get('boundaries', ()) or [0], np.float32)
-  scales = np.asarray(config.get('scales', ()) or [1.], np.float32)
-  if decay == 'piecewise' and len(config.get('boundaries', ())) != len(config.get('scales', ())):
+  boundaries = np.asarray(config.boundaries or [0], np.float32)
+  scales = np.asarray(config.scales or [1.], np.float32)
+  if decay == 'piecewise' and len(config.boundaries) != len(config.scales):
     raise ValueError('config.lr.boundaries and config.lr.scales must have the same length')
 
   def schedule(count):
@@ -68,7 +69,7 @@ def decay_mask(params: Any, pattern: str) -> Any:
 
 def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformation,
                                                        Callable[[Any], Any]]:
-  """Builds the optimizer of `config.optimizer` (with clipping).
+  """Builds the optimizer of `config.optimizer` (with clipping) for the job's settings `config`.
 
   Returns (tx, schedule). Gradient accumulation (`config.accum_steps`) is the train step's: it
   sums the micro-batches' gradients and calls `tx` once on their mean, so the optimizer state is
@@ -79,27 +80,24 @@ def make_optimizer(config: Any, params: Any) -> tuple[optax.GradientTransformati
   schedule = lr_schedule(config.lr, total_steps)
   opt = config.optimizer
   name = opt.name
-  wd = float(opt.get('weight_decay', 0.))
+  wd = float(opt.weight_decay)
   parts = []
-  if config.get('grad_clip_norm'):
+  if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
 
+  dtype = opt.accumulator_dtype  # SGD's momentum, Adam's first moment (big_vision's mu_dtype).
   if name == 'sgd':
-    dtype = opt.get('accumulator_dtype')
-    parts.append(optax.trace(decay=float(opt.get('momentum', 0.9)),
-                             nesterov=bool(opt.get('nesterov', False)),
+    parts.append(optax.trace(decay=float(opt.momentum), nesterov=bool(opt.nesterov),
                              accumulator_dtype=jnp.dtype(dtype) if dtype else None))
   elif name in ('adam', 'adamw'):
-    dtype = opt.get('accumulator_dtype')  # Of the first moment (big_vision's mu_dtype).
-    parts.append(optax.scale_by_adam(b1=float(opt.get('b1', 0.9)), b2=float(opt.get('b2', 0.999)),
-                                     eps=float(opt.get('eps', 1e-8)),
+    parts.append(optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
                                      mu_dtype=jnp.dtype(dtype) if dtype else None))
   else:
     raise ValueError(f"Unknown config.optimizer.name {name!r}; expected 'sgd', 'adam' or 'adamw'")
 
   if wd:
-    mask = decay_mask(params, opt.get('decay_pattern', r'kernel$'))
-    if opt.get('decoupled_weight_decay', False):
+    mask = decay_mask(params, opt.decay_pattern)
+    if opt.decoupled_weight_decay:
       # big_vision: update = -mult(t) * (lr * adam(g) + wd * p), mult = schedule / base lr.
       base = float(config.lr.base)
       parts.append(optax.scale(base))

@@ -42,8 +42,8 @@ class TrainState:
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
-  return models.get_model(config.model_name, num_classes=num_classes, **overrides)
+  """`config.model_name` with the fields of `config.model` and a `num_classes` head."""
+  return models.get_model(config.model_name, num_classes=num_classes, **config.model.to_dict())
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -71,9 +71,8 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.)
 
 
-def loss_for(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """The per-example loss named by `config.loss`."""
-  name = config.get('loss', 'softmax_xent')
+def loss_for(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The per-example loss named `name` (`config.loss`)."""
   if name not in LOSSES:
     raise ValueError(f'Unknown config.loss {name!r}; expected one of {sorted(LOSSES)}')
   return LOSSES[name]
@@ -121,11 +120,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   """
   rules = _activation_rules(mesh)
   units = 1 if mesh is None else sharding.batch_size_per_unit(mesh)
-  accum = int(config.get('accum_steps', 1))
-  smoothing = float(config.get('label_smoothing', 0.))
-  mixup_config = config.get('mixup')
-  distillation = config.get('distillation')
-  per_example_loss = loss_for(config)
+  accum = int(config.accum_steps)
+  smoothing = float(config.label_smoothing)
+  mixup_config = config.mixup
+  distillation = config.distillation
+  per_example_loss = loss_for(config.loss)
   if teacher is not None and not distillation:
     raise ValueError('A teacher was given but config.distillation is not set')
 
@@ -142,9 +141,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     if teacher_logits is not None:
       cls_logits, dist_logits = distill.student_logits(named, model)
       loss = distill.distillation_loss(
-          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.get('kind', 'hard'),
-          alpha=distillation.get('alpha', 0.5), temperature=distillation.get('temperature', 1.),
-          weights=weights)
+          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.kind,
+          alpha=distillation.alpha, temperature=distillation.temperature, weights=weights)
     elif outputs.DIST_LOGITS in named:
       raise ValueError('A distilled model needs a teacher (config.distillation)')
     else:
@@ -153,7 +151,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     return loss, (accuracy, new_model_state)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  ema_decay = float(config.get('ema_decay') or 0.)
+  ema_decay = float(config.ema_decay)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
     def forward_backward(params, model_state, xs):
@@ -235,16 +233,16 @@ def ema_update(new: jax.Array, old: jax.Array, decay: float) -> jax.Array:
 
 
 def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
-                   config: ml_collections.ConfigDict | None = None,
+                   loss: str | None = None,
                    ) -> Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]:
   """Sums of top-1/top-5 hits, loss and the example count over the real (mask=1) examples.
 
   Where the batch has 'skipped' (images the input pipeline could not decode), also its sum.
 
-  The loss is `config.loss` (softmax cross-entropy without a config).
+  The loss is the one named `loss` (`config.loss`; softmax cross-entropy where None).
   """
   rules = _activation_rules(mesh)
-  per_example_loss = loss_for(config) if config is not None else cross_entropy
+  per_example_loss = loss_for(loss) if loss is not None else cross_entropy
 
   def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     with nn.logical_axis_rules(rules):
@@ -275,13 +273,13 @@ def init_state(config: ml_collections.ConfigDict, model: nn.Module,
   Returns (state, state_shardings). Parameters are created directly in their sharded layout.
   """
   make, shardings = state_factory(config, model, tx, mesh, image_shape, params, model_state)
-  state = jax.jit(make, out_shardings=shardings)(seed_key(config), params, model_state)
+  state = jax.jit(make, out_shardings=shardings)(seed_key(config.seed), params, model_state)
   return state, shardings
 
 
-def seed_key(config: ml_collections.ConfigDict) -> jax.Array:
+def seed_key(seed: int) -> jax.Array:
   """The key a run's state is made from (`config.seed`)."""
-  return jax.random.PRNGKey(int(config.seed))
+  return jax.random.PRNGKey(int(seed))
 
 
 def state_factory(config: ml_collections.ConfigDict, model: nn.Module,
@@ -306,13 +304,13 @@ def state_factory(config: ml_collections.ConfigDict, model: nn.Module,
     if given_state:
       variables.update(given_state)
     # The average starts at the initial (or pre-trained) parameters, as in timm's ModelEmaV3.
-    ema = jax.tree.map(jnp.copy, p) if config.get('ema_decay') else None
-    ema_state = jax.tree.map(jnp.copy, variables) if config.get('ema_decay') else None
+    ema = jax.tree.map(jnp.copy, p) if config.ema_decay else None
+    ema_state = jax.tree.map(jnp.copy, variables) if config.ema_decay else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                       model_state=variables, rng=state_rng, ema_params=ema,
                       ema_model_state=ema_state)
 
-  key = jax.eval_shape(lambda: seed_key(config))
+  key = jax.eval_shape(lambda: seed_key(config.seed))
   abstract = jax.eval_shape(make, key, params, model_state)
-  shardings = sharding.tree_shardings(abstract, mesh, tuple(config.get('sharding_rules', ())))
+  shardings = sharding.tree_shardings(abstract, mesh, tuple(config.sharding_rules))
   return make, shardings

@@ -1,8 +1,9 @@
 """Training and evaluation: one jitted, sharded train step, Orbax checkpoints, exact resume.
 
-`train_and_evaluate(config, workdir)` is the whole job: data → model (optionally from a
-pre-trained file) → the job's steps on the device mesh (`training.job`, built once) → its
-evaluators (`training.evaluators`) → TensorBoard metrics, a log file, checkpoints
+`train_and_evaluate(config, workdir)` is the whole job: data → the job's settings (the config
+prepared once, `training.settings`) → model (optionally from a pre-trained file) → the job's
+steps on the device mesh (`training.job`, built once) → the evaluators of `config.evals`
+(`training.evaluators`) → TensorBoard metrics, a log file, checkpoints
 every `checkpoint_every` steps (the last `keep_checkpoints` kept) and an original-format `.npz` of
 the final parameters. A run restarted on the same workdir resumes from its last checkpoint and
 ends with the same parameters as an uninterrupted run: the step's dropout key is
@@ -12,7 +13,6 @@ fold_in(seed key, step) and the input stream is a function of the step.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging as py_logging
 import math
 import os
@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_jax import checkpoint
 from vit_jax.data import input_pipeline
 from vit_jax.data import preprocess
 from vit_jax.models import card
@@ -35,23 +34,17 @@ from vit_jax.models import loader
 from vit_jax.training import distill
 from vit_jax.training import evaluators as evaluators_lib
 from vit_jax.training import job as job_lib
+from vit_jax.training import settings as settings_lib
 from vit_jax.training import sharding
 from vit_jax.training import workdir as workdir_lib
 from vit_jax.training.step import create_model
 
-# (config, source, per-process batch size, start step) -> a tf.data.Dataset of training batches.
+# (settings, source, per-process batch size, start step) -> a tf.data.Dataset of training batches.
 TrainData = Callable[[ml_collections.ConfigDict, input_pipeline.Source, int, int], Any]
 
 
 # ---------------------------------------------------------------------------------------------
 # The job.
-
-
-def _validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """Checks that need no data or compute, so bad configs fail in seconds."""
-  job_lib.check(config, mesh)
-  if config.get('pretrained_path') and not os.path.exists(config.pretrained_path):
-    raise FileNotFoundError(f'config.pretrained_path not found: {config.pretrained_path}')
 
 
 @contextlib.contextmanager
@@ -95,52 +88,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains `config` in `workdir` (resuming from its last checkpoint) and evaluates.
 
   Args:
-    config: the experiment config.
+    config: the experiment config, prepared here into the job's settings
+      (`training.settings.prepare`) once, with the training split's facts.
     workdir: where checkpoints, logs, metrics and the export go.
-    train_data: (config, source, per-process batch size, start step) -> the training batches;
+    train_data: (settings, source, per-process batch size, start step) -> the training batches;
       default `input_pipeline.train_dataset`. A benchmark hands the job another stream here.
 
-  Returns the final evaluation metrics (and the last training metrics).
+  Returns the final evaluation metrics (NAME/METRIC of each evaluator) and the last training
+  metrics.
   """
   with _log_file(workdir):
+    if config.pretrained_path and not os.path.exists(config.pretrained_path):
+      raise FileNotFoundError(f'config.pretrained_path not found: {config.pretrained_path}')
     mesh = sharding.make_mesh(config.mesh)
-    _validate(config, mesh)
-    config = job_lib.normalized(config)
+    train_source = input_pipeline.get_source(config.dataset, config.train_split,
+                                             data_dir=config.data_dir, download=config.download)
+    settings = settings_lib.prepare(config, settings_lib.DataFacts(
+        num_classes=train_source.num_classes,
+        train_examples=train_source.num_examples * jax.process_count()), mesh)
     with jax.set_mesh(mesh):
-      return _train_and_evaluate(config, workdir, mesh,
+      return _train_and_evaluate(settings, workdir, mesh, train_source,
                                  train_data or input_pipeline.train_dataset)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        mesh: jax.sharding.Mesh, train_data: TrainData) -> dict[str, float]:
-  train_source = input_pipeline.get_source(config, config.train_split)
-  eval_source = input_pipeline.get_source(config, config.eval_split)
-  num_classes = config.num_classes or train_source.num_classes
-  if num_classes < train_source.num_classes:
-    raise ValueError(f'config.num_classes={num_classes} but {config.dataset} has '
-                     f'{train_source.num_classes} classes')
-  total_steps = int(config.total_steps)
-  if config.get('num_epochs'):
-    total_steps = math.ceil(config.num_epochs * train_source.num_examples *
-                            jax.process_count() / config.batch_size)
-    config.total_steps = total_steps
-
+def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh, train_source: input_pipeline.Source,
+                        train_data: TrainData) -> dict[str, float]:
+  """The job of `config`, the job's settings (`training.settings.prepare`)."""
+  total_steps = config.total_steps
+  model = create_model(config, config.num_classes)
   params, pretrained_state = None, None
-  if config.get('pretrained_path'):
+  if config.pretrained_path:
     params, pretrained_state = loader.load_pretrained(
-        config.pretrained_path, create_model(config, num_classes), config.image_size,
-        model_name=config.model_name, seed=int(config.seed),
-        posemb_resize=config.get('posemb_resize', 'zoom'),
-        resample_patch_embedding=bool(config.get('resample_patch_embedding', False)))
+        config.pretrained_path, model, config.image_size, model_name=config.model_name,
+        seed=config.seed, posemb_resize=config.posemb_resize,
+        resample_patch_embedding=config.resample_patch_embedding)
   teacher, teacher_variables = None, None
-  if config.get('distillation'):
-    teacher, teacher_variables = distill.load_teacher(config, num_classes)
+  if config.distillation:
+    teacher, teacher_variables = distill.load_teacher(config.distillation, config.image_size,
+                                                      config.num_classes)
     teacher_variables = jax.device_put(teacher_variables, sharding.replicated(mesh))
     logging.info('Distilling from %s (%s)', config.distillation.teacher_model,
                  config.distillation.teacher_path)
-  job = job_lib.build(config, num_classes, mesh, params=params, model_state=pretrained_state,
+  job = job_lib.build(config, mesh, model=model, params=params, model_state=pretrained_state,
                       teacher=teacher)
-  evaluators = evaluators_lib.for_job(job, eval_source)
+  evaluators = evaluators_lib.for_job(job)
   state = job.init_state(params, pretrained_state)
   if jax.process_index() == 0:
     sharding.report(state.params, job.state_shardings.params)
@@ -156,7 +148,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0 and jax.process_index() == 0:
-    writer.write_hparams(_flat_config(config))
+    writer.write_hparams(workdir_lib.hparams(config))
     workdir_lib.write_config(workdir, config)
 
   local_batch = config.batch_size // jax.process_count()
@@ -205,7 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if evaluator.every and (step % evaluator.every == 0 or is_last):
         metrics = evaluator(step, state)
         writer.write_scalars(step, {k: v for k, v in metrics.items()
-                                    if k not in evaluators_lib.BOOKKEEPING})
+                                    if not evaluators_lib.is_bookkeeping(k)})
         eval_metrics.update(metrics)
 
     if step % config.checkpoint_every == 0 or is_last:
@@ -216,28 +208,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager.wait_until_finished()
   writer.flush()
 
-  if config.get('export_npz', True):
+  if config.export_npz:
     params, model_state, ema_params, ema_model_state = jax.device_get(sharding.gather(
         (state.params, state.model_state, state.ema_params, state.ema_model_state)))
     workdir_lib.export_final(workdir, params, model_state, ema_params,
-                             _model_card(config, num_classes, train_source), ema_model_state)
+                             _model_card(config, train_source), ema_model_state)
   return {**train_metrics, **eval_metrics, 'step': int(jax.device_get(state.step))}
 
 
-def _model_card(config: ml_collections.ConfigDict, num_classes: int,
+def _model_card(config: ml_collections.FrozenConfigDict,
                 source: input_pipeline.Source) -> dict[str, Any]:
   names = source.class_names
-  if names is not None and len(names) != num_classes:
+  if names is not None and len(names) != config.num_classes:
     names = None  # config.num_classes widened the head beyond the dataset's classes.
-  overrides = config.model.to_dict() if hasattr(config.model, 'to_dict') else dict(config.model)
   return card.make_card(
-      model_name=config.model_name, model_overrides=overrides, num_classes=num_classes,
+      model_name=config.model_name, model_overrides=config.model.to_dict(),
+      num_classes=config.num_classes,
       class_names=names, image_size=config.image_size, pp_eval=config.pp_eval,
       normalization=preprocess.pixel_normalization(config.pp_eval))
-
-
-def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  out = {}
-  for key, value in checkpoint.flatten(config.to_dict()).items():
-    out[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
-  return out

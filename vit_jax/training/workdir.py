@@ -2,7 +2,7 @@
 
 Resume: `DIR/checkpoints/` holds the Orbax checkpoints of the train state (the last
 `keep_checkpoints` kept), `DIR/skipped_images.json` the count of undecodable training images at
-each of them, and `DIR/config.json` the config of the run.
+each of them, and `DIR/config.json` the settings of the run.
 
 Export: `DIR/model.npz` holds the final parameters in the original layout, with the model card
 and state sidecar of `models.card` beside it (and `DIR/model_ema.npz` for a weight EMA). Every
@@ -122,6 +122,14 @@ def save_skipped_images(workdir: str, step: int, count: int) -> None:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """`DIR/config.json`: the config the run started with."""
+  """`DIR/config.json`: the settings the run started with (`training.settings.prepare`)."""
   with checkpoint.atomic_path(os.path.join(workdir, 'config.json')) as tmp, open(tmp, 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The settings as TensorBoard hparams: 'a/b' -> a scalar or string (others as JSON)."""
+  out = {}
+  for key, value in checkpoint.flatten(config.to_dict()).items():
+    out[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+  return out
