@@ -202,10 +202,6 @@ def _declared_fields():
   return fields | set(base_config.distillation())
 
 
-# train.load_pretrained moves out of train.py with issue 29's conversion part, its body as it is.
-_MOVING = {('training/train.py', 'load_pretrained')}
-
-
 def _restates(node: ast.AST, fields: set[str]) -> bool:
   """`X.get('FIELD', default)` of a declared field, or `hasattr(X.FIELD, 'to_dict')` (a field
   that tests once gave as a dict)."""
@@ -224,12 +220,8 @@ def restated_defaults(root: pathlib.Path) -> list[str]:
   """Where the package restates a base_config default (`_restates`), as 'file:line: code'."""
   fields, found = _declared_fields(), []
   for path in sorted(root.rglob('*.py')):
-    name = path.relative_to(root).as_posix()
-    tree = ast.parse(path.read_text())
-    skipped = {id(node) for function in ast.walk(tree) if isinstance(function, ast.FunctionDef)
-               and (name, function.name) in _MOVING for node in ast.walk(function)}
-    found += [f'{name}:{node.lineno}: {ast.unparse(node)}' for node in ast.walk(tree)
-              if id(node) not in skipped and _restates(node, fields)]
+    found += [f'{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}'
+              for node in ast.walk(ast.parse(path.read_text())) if _restates(node, fields)]
   return found
 
 
