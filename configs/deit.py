@@ -20,7 +20,9 @@ Differences from DeiT's main.py (facebookresearch/deit), kept on purpose:
   embedding; LeCun-normal patch embedding and heads);
 - DeiT keeps a weight EMA (`--model-ema`, decay 0.99996) that it does not report; add
   `--config.ema_decay=0.99996` for it (the evaluators then also report it, `val/ema_accuracy`);
-- the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart).
+- the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart);
+- it trains on `train[:99%]` and evaluates `val` and a `minival` of the other 1%, as
+  big_vision's ImageNet configs (the official script trains on all of `train`).
 
   python -m vit_jax.main --config=configs/deit.py:ViT-B_16 --workdir=/tmp/deit_b \
       --config.distillation.teacher_path=teacher.npz

@@ -18,6 +18,8 @@ are in the paper's table, not here: override the fields.
   python -m vit_jax.main --config=configs/pretrain.py:ViT-B_16,imagenet21k --workdir=/tmp/pt
 
 Argument: MODEL,DATASET (imagenet2012, or imagenet21k prepared by hand in TFDS_DATA_DIR).
+imagenet2012 trains on `train[:99%]` and evaluates `val` (`validation`) and `minival` (the 1% of
+`train` left out), as big_vision's ImageNet configs; imagenet21k evaluates its `test` split.
 Argument `bv` as a third part switches to big_vision's ViT-S/16 ImageNet-1k baseline
 (`configs/vit_s16_i1k.py`, 76.5% for S/16), field by field: `train[:99%]` with minival
 `train[99%:]`, batch 1024, 90 epochs, Adam lr 1e-3 (10k warmup, cosine), decoupled weight decay

@@ -14,7 +14,9 @@ Arguments: Swin-T, Swin-S or Swin-B (ImageNet-1k, 224 px), or `cifar10` (a 3-sta
 
 Differences from the official recipe, all from the shared training loop:
 - the schedule warms up from 0 and decays to 0 (official: from 5e-7, to 5e-6);
-- the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart).
+- the eval resize rounds the longer side (torchvision truncates it: at most 1 px apart);
+- it trains on `train[:99%]` and evaluates `val` and a `minival` of the other 1%, as
+  big_vision's ImageNet configs (the official script trains on all of `train`).
 Crops are timm's RandomResizedCrop sampler with a bicubic resize and the eval resize is PIL's
 bicubic, as the official pipeline; colour jitter 0.4 is absent there too (timm disables it
 whenever RandAugment is on).

@@ -153,6 +153,20 @@ def config_module(name):
   return config_args.config_module(os.path.join(REPO, 'configs', name))
 
 
+def parse_as_main(config_arg, *overrides):
+  """`--config=config_arg` and command-line overrides parsed by absl's config_flags, as `main`
+  parses them (the config locked: overrides may set fields, not add them)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  argv = ['main', f'--config={config_arg}', *overrides]
+  flag_values = flags.FlagValues()
+  # config_flags reads the override flags from argv when the flag is defined.
+  config_flags.DEFINE_config_file('config', None, 'x', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
 def load_config(name, arg=''):
   """`configs/<name>:<arg>` as `--config` would load it."""
   path = os.path.join(REPO, 'configs', name)

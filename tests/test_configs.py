@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import REPO, load_config
+from helpers import REPO, load_config, parse_as_main
 from vit_jax import models
 from vit_jax.training import config_args
 from vit_jax.training import optim
@@ -107,23 +107,10 @@ def test_configs_reject_unknown_keys():
     load_config('cifar10_scratch.py', 'quick,lr=3')
 
 
-def _parse_as_main(config_arg: str, *overrides: str):
-  """`config_arg` parsed by absl's config_flags with command-line overrides, as `main` does."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  argv = ['main', f'--config={config_arg}', *overrides]
-  flag_values = flags.FlagValues()
-  # config_flags reads the override flags from argv when the flag is defined.
-  config_flags.DEFINE_config_file('config', None, 'x', flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
-
-
 @pytest.mark.parametrize('name,arg', [(n, a) for n, args in ARGS.items() for a in args])
 def test_every_model_field_is_a_command_line_override(name, arg):
   path = os.path.join(REPO, 'configs', name)
-  config = _parse_as_main(f'{path}:{arg}' if arg else path, '--config.model.dtype=bfloat16')
+  config = parse_as_main(f'{path}:{arg}' if arg else path, '--config.model.dtype=bfloat16')
   assert config.model.dtype == 'bfloat16'
   model = step.create_model(config, 10)
   assert model.dtype == 'bfloat16'
@@ -133,7 +120,7 @@ def test_every_model_field_is_a_command_line_override(name, arg):
     if key != 'model_name' and not isinstance(value, dict):
       assert key in config.model, key
   if 'transformer' in config.model:
-    config = _parse_as_main(f'{path}:{arg}' if arg else path,
+    config = parse_as_main(f'{path}:{arg}' if arg else path,
                             '--config.model.transformer.remat=True',
                             '--config.model.transformer.gelu_approximate=False')
     model = step.create_model(config, 10)
@@ -149,5 +136,5 @@ def test_an_unknown_model_field_names_the_known_ones():
                                        r'dropout_rate'):
     base_config.with_model_fields(config)
   with pytest.raises(Exception, match='nope'):
-    _parse_as_main(os.path.join(REPO, 'configs', 'cifar10_scratch.py'),
+    parse_as_main(os.path.join(REPO, 'configs', 'cifar10_scratch.py'),
                    '--config.model.nope=1')

@@ -8,11 +8,10 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import ml_collections
 import pytest
 
-from helpers import REPO, load_config
+from helpers import REPO, load_config, parse_as_main
 import test_layout
 import tiny_config
 from vit_jax.training import base_config
@@ -26,18 +25,6 @@ from vit_jax.training import train
 def prepare(config, num_classes=10, train_examples=None):
   return settings_lib.prepare(config, settings_lib.DataFacts(num_classes, train_examples),
                               sharding.make_mesh(config.mesh))
-
-
-def parse_as_main(config_arg, *overrides):
-  """`config_arg` and command-line overrides parsed by absl's config_flags, as `main` does."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  argv = ['main', f'--config={config_arg}', *overrides]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'x', flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
 
 
 TINY = os.path.join(REPO, 'tests', 'tiny_config.py')

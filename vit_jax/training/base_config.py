@@ -9,7 +9,7 @@ field of its type (`evaluator_fields`). `training.settings.prepare` turns a conf
 settings; these are the only defaults.
 """
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import ml_collections
 from ml_collections.config_dict import placeholder

@@ -59,7 +59,7 @@ def evaluate(eval_step: Callable, state: TrainState, batch_sharding: Any,
              'loss': float(totals['loss_sum']) / count,
              'examples': int(count), 'batches': num_batches}
   if 'skipped' in totals:
-    metrics['skipped'] = float(totals['skipped'])
+    metrics['skipped'] = int(totals['skipped'])
   return metrics
 
 
