@@ -134,15 +134,19 @@ def test_an_evaluator_added_on_the_command_line():
   config = parse_as_main(f'{TINY}:cifar10,evals=probe:fewshot+minival',
                          '--config.evals.probe.shots=(1,5)')
   assert config.evals.probe.shots == (1, 5) and config.evals.minival.type == 'classification'
-  with pytest.raises(ValueError, match='already declares config.evals.test'):
-    load_config('cifar10_scratch.py', 'quick,evals=test')
-  with pytest.raises(ValueError, match="Unknown evaluator type 'knn'"):
-    load_config('cifar10_scratch.py', 'quick,evals=x:knn')
-  with pytest.raises(ValueError, match='expected NAME'):
-    load_config('cifar10_scratch.py', 'quick,evals=a b')
   # A whole `config.evals` given as a dict: its entries are completed when prepared.
   config = parse_as_main(TINY, "--config.evals={'val': {'type': 'classification', 'every': 5}}")
   assert prepare(config).evals.val.split == 'test'
+
+
+@pytest.mark.parametrize('evals,match', [
+    ('test', 'already declares config.evals.test'),
+    ('x:knn', "Unknown evaluator type 'knn'"),
+    ('a b', r'expected NAME\[:TYPE\]'),
+])
+def test_bad_evals_arguments_are_named(evals, match):
+  with pytest.raises(ValueError, match=match):
+    load_config('cifar10_scratch.py', f'quick,evals={evals}')
 
 
 @pytest.mark.parametrize('field,value,replacement', [
