@@ -1,4 +1,4 @@
-"""The training job: config → settings → data → model → steps on the mesh → checkpoints → export.
+"""The training job: config → settings → model → steps on the mesh → checkpoints → export.
 
   base_config, config_args  every config field with its default; `FILE.py:ARGS` parsing
   settings     the config prepared once (checked, normalised, completed, frozen)

@@ -272,7 +272,8 @@ def vit_finetune_recipe(config: ml_collections.ConfigDict, model_name: str, data
   return config
 
 
-IMAGENET_TRAIN_EXAMPLES = 1_268_355  # train[:99%] (train: 1,281,167).
+# All of train: warmup epochs as the official recipes count them.
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def held_out_evaluators(dataset: str, split: str, every: int) -> ml_collections.ConfigDict:

@@ -37,6 +37,8 @@ from vit_jax.training import settings
 
 _TRUE = ('true', 'yes', '1')
 _FALSE = ('false', 'no', '0')
+EVALS = 'evals'  # The argument every config takes: evaluators to add.
+_EVALUATOR_SPEC = re.compile(r'^[A-Za-z_]\w*(:\w+)?$')
 
 
 def _is_flag(default: Any) -> bool:
@@ -121,10 +123,6 @@ def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       {**{k: values.get(k, False if v is bool else v) for k, v in spec.items()},
        EVALS: values.get(EVALS, ())})
-
-
-EVALS = 'evals'
-_EVALUATOR_SPEC = re.compile(r'^[A-Za-z_]\w*(:\w+)?$')
 
 
 def _evaluator_specs(value: str, arg: str | None) -> tuple[str, ...]:
