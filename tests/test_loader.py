@@ -179,7 +179,7 @@ def _fewshot(path, data_overrides):
 
 @pytest.mark.slow
 def test_every_tool_runs_on_the_export_and_its_conversion(exports, data_overrides, tmp_path):
-  config = tiny_config.for_data(data_overrides, evals=dict(split='test[:300]'))
+  config = tiny_config.for_data(data_overrides, test_eval=dict(split='test[:300]'))
   paths, labels = write_eval_pngs(config, str(tmp_path), 300)
   for name, (workdir, accuracy) in exports.items():
     files = [workdir / 'model.npz']

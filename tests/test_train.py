@@ -98,14 +98,14 @@ def test_sigkill_and_resume_gives_identical_parameters(tmp_path, data_overrides)
 @pytest.mark.slow
 def test_finetune_from_32px_checkpoint_at_48px(tmp_path, data_overrides):
   config = make_config(data_overrides, total_steps=2, checkpoint_every=2, log_every=1,
-                       evals=dict(split='test[:64]', every=2))
+                       test_eval=dict(split='test[:64]', every=2))
   pretrain_dir = tmp_path / 'pretrain'
   train.train_and_evaluate(config, str(pretrain_dir))
   pretrained = checkpoint.load(pretrain_dir / 'model.npz')
   assert pretrained['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 32)
 
   config = make_config(data_overrides, total_steps=2, checkpoint_every=2, log_every=1,
-                       image_size=48, num_classes=12, evals=dict(split='test[:64]', every=2),
+                       image_size=48, num_classes=12, test_eval=dict(split='test[:64]', every=2),
                        pretrained_path=str(pretrain_dir / 'model.npz'),
                        pp_train='inception_crop|flip_lr|value_range(-1, 1)',
                        pp_eval='resize|value_range(-1, 1)')

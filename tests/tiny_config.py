@@ -34,11 +34,11 @@ def get_config(arg: str = ''):
   return base_config.finish(config, args)
 
 
-def for_data(data_overrides, evals=None, **overrides):
+def for_data(data_overrides, test_eval=None, **overrides):
   """The tiny config on the tests' data (conftest's `data_overrides`), with field overrides;
-  `evals`: the fields of its `test` evaluator to set (e.g. {'split': 'test[:64]'})."""
+  `test_eval`: the fields of its `test` evaluator to set (e.g. {'split': 'test[:64]'})."""
   config = get_config(data_overrides['dataset'])
   config.update(data_overrides)
   config.update(overrides)
-  config.evals.test.update(evals or {})
+  config.evals.test.update(test_eval or {})
   return config
