@@ -71,8 +71,11 @@ def autograph_warnings(sources):
       for pp_train, pp_eval in _PP.values():
         config = tiny_config.for_data(data_overrides)
         config.pp_train, config.pp_eval = pp_train or config.pp_train, pp_eval or config.pp_eval
-        input_pipeline.train_dataset(config, input_pipeline.get_source(config, 'train'), 8)
-        input_pipeline.eval_dataset(config, input_pipeline.get_source(config, 'test'), 8)
+        train, test = (input_pipeline.get_source(config.dataset, split, data_dir=config.data_dir)
+                       for split in ('train', 'test'))
+        input_pipeline.train_dataset(config, train, 8)
+        input_pipeline.eval_dataset(test, 8, pp=config.pp_eval, image_size=config.image_size,
+                                    skip_corrupt_images=True)
   finally:
     tf_logger.removeHandler(records)
   return [m for m in records.messages if 'AutoGraph' in m]
