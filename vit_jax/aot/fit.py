@@ -181,10 +181,11 @@ class _Search:
       eval_step, report.flops_per_step = self.evals[key]
       report.eval_step = eval_step or None
       compile_job.count_eval_step(report)
-    print(f'[fit]   fits {report.fits}, per device {b["total"] or 0:,} bytes, compiled in '
-          f'{report.compile_seconds:.0f} s' + ('' if report.fits else
-                                               f': {report.oom_message}'), file=self.log,
-          flush=True)
+    what = 'total' if b['total'] is not None else 'temporaries'
+    print(f'[fit]   fits {report.fits}, per device {what} {(b[what] or 0) / 2**30:.2f} GiB, '
+          f'compiled in {report.compile_seconds:.0f} s' + ('' if report.fits else
+                                                          f': {report.oom_message}'),
+          file=self.log, flush=True)
     if variant.fsdp and self.state[True] > self.available:
       self.stop = (f'parameters and optimizer state alone need {self.state[True] / 2**30:.2f} '
                    f'GiB per device, sharded over all {report.devices} devices '
