@@ -10,6 +10,7 @@ program is checked in test_aot.py.
 """
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -168,3 +169,24 @@ def test_swin_window_attention_applies_its_dropout():
   a, b = (module.apply({'params': params}, x, None, deterministic=False,
                        rngs={'dropout': jax.random.key(s)}) for s in (1, 2))
   assert float(jnp.abs(a - b).max()) > 0.1 * float(jnp.abs(a).max())
+
+
+@pytest.mark.parametrize('attention_dropout', [0., 0.1])
+def test_float32_logits_reach_every_attention_of_the_model(attention_dropout):
+  """`transformer.float32_logits`: every layer's and the MAP head's query-key product leaves the
+  matmul in float32 (bfloat16 otherwise), in `xla_attention` (TPUs) and in the einsum path
+  that training with attention dropout takes."""
+  images = jnp.zeros((1, 32, 32, 3))
+  found = {}
+  for flag in (False, True):
+    model = models.get_model('ViT-Ti_16', num_classes=5, dtype='bfloat16', classifier='map',
+                             transformer=dict(num_layers=2, float32_logits=flag,
+                                              attention_dropout_rate=attention_dropout))
+    variables = model.init(jax.random.key(0), images)
+    with layers.attention_platform('tpu'):
+      text = str(jax.make_jaxpr(lambda v, x: model.apply(
+          v, x, train=True, rngs={'dropout': jax.random.key(1)}))(variables, images))
+    # Logits are [batch, heads, queries, 4 keys] (flax's einsum adds a unit axis): 4 patches,
+    # no [CLS] with MAP pooling, whose probe is 1 query.
+    found[flag] = re.findall(r'(f32|bf16)\[1,3,[14](?:,1)?,4\] = dot_general', text)
+  assert found[True] == ['f32'] * 3 and found[False] == ['bf16'] * 3

@@ -234,7 +234,9 @@ def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] =
   dropout, a matmul precision or returns the weights, so those cases (training with attention
   dropout, `precision`, and `sow_weights=True` for attention maps) take `einsum_attention`.
   So does training on CPUs, where the explicit einsum-softmax-einsum trains faster
-  (BENCHMARKS.md). Every path takes the softmax in float32; in float32 they agree to rounding.
+  (BENCHMARKS.md), but only where the caller passes deterministic=False: flax's attention
+  passes True whenever its dropout rate is 0. Every path takes the softmax in float32; in
+  float32 they agree to rounding.
   """
   if dropout_rate > 0. and not deterministic and dropout_rng is None:
     raise ValueError(f'attention dropout (dropout_rate={dropout_rate}, deterministic=False) '
