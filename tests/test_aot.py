@@ -143,6 +143,57 @@ def test_cudnn_is_chosen_only_where_its_constraints_hold():
   assert layers.cudnn_refusal(bf16, bf16, None, None, 'tpu')
 
 
+def _variant_of(config):
+  """(accum_steps, remat, fsdp) of a config `fit` compiles."""
+  return (config.accum_steps, bool(config.model.transformer.remat),
+          tuple(config.sharding_rules) == fit_lib.FSDP_RULES)
+
+
+@pytest.mark.parametrize('seed', range(40))
+def test_fit_returns_the_first_variant_in_its_order_whose_steps_fit(seed, monkeypatch):
+  """Against every variant's verdict, for memory that no formula predicts: XLA's temporaries
+  can grow with accumulation and shrink with FSDP. Compiles are stood in for by a table."""
+  rng = np.random.default_rng(seed)
+  usable, state = 100, int(rng.integers(20, 160))
+  accums, kinds = (1, 2, 4, 8), [(r, f) for r in (False, True) for f in (False, True)]
+  totals = {(a, r, f): (state // 4 if f else state) + int(rng.integers(0, 120))
+            for a in accums for r, f in kinds}
+  eval_fits = {kind: bool(rng.random() < 0.8) for kind in kinds}
+  compiled = []
+
+  def compile_for_target(config, target_name, **kwargs):
+    variant = _variant_of(config)
+    compiled.append(variant)
+    total = totals[variant]
+    fsdp_state = state // 4 if variant[2] else state
+    return compile_job.Report(
+        target=target_name, devices=4, device_kind='fake', device_memory_bytes=usable,
+        usable_memory_bytes=usable, fits=total <= usable,
+        per_device_bytes={'params': fsdp_state // 3, 'optimizer': fsdp_state - fsdp_state // 3,
+                          'temporaries': total - fsdp_state, 'total': total},
+        oom_message=None if total <= usable else 'too big', flops_per_step=None,
+        model_flops_per_step=None, estimated_step_seconds=None, estimated_mfu=None,
+        estimate_note=None, collectives={}, fused_attention_kernels={}, while_loops=[],
+        compile_seconds=0., eval_step=None, config={}, **{k: v for k, v in kwargs.items()
+                                                           if k == 'attention'})
+
+  def eval_and_flops(config, target_name):
+    return {'fits': eval_fits[_variant_of(config)[1:]], 'total': 1, 'oom_message': None}, 1.
+
+  monkeypatch.setattr(compile_job, 'compile_for_target', compile_for_target)
+  monkeypatch.setattr(compile_job, 'eval_and_flops', eval_and_flops)
+  monkeypatch.setattr(targets, 'devices', lambda target: jax.devices('cpu')[:1])
+  report = fit_lib.fit(tiny(batch_size=8), 'v5e-4', max_compiles=100, log=open(os.devnull, 'w'))
+  fitting = [(a, r, f) for a in accums for r, f in kinds
+             if totals[(a, r, f)] <= usable and eval_fits[(r, f)]]
+  if not fitting:
+    assert not report.fits and 'Cannot fit' in report.oom_message
+    return
+  assert report.fits and _variant_of(fit_lib.apply(tiny(batch_size=8), report.overrides)) == (
+      fitting[0])
+  assert compiled[-1] == fitting[0] and len(compiled) == len(set(compiled))
+
+
 # -- With the extras ---------------------------------------------------------------------------
 
 @needs_tpu
@@ -203,6 +254,53 @@ def test_fit_finds_a_variant_for_a_batch_that_does_not_fit(monkeypatch):
   assert fitted.config['accum_steps'] == fitted.overrides.get('accum_steps', 1)
 
 
+def small_vit(**overrides):
+  """The tests' ViT with ViT-S's blocks (width 384, 6 heads, MLP 1536), 4 of them."""
+  config = tiny()
+  config.model.hidden_size = 384
+  config.model.transformer.update(num_layers=4, mlp_dim=1536, num_heads=6)
+  return fit_lib.apply(config, overrides)
+
+
+@needs_tpu
+def test_fit_takes_fsdp_where_it_shards_the_temporaries_too(monkeypatch):
+  """A v5e-4 with 30 MiB per chip (the budget patched in): the replicated step does not fit,
+  the FSDP one does, with fewer temporaries than the replicated one. `fit` used to predict
+  FSDP from the replicated temporaries, skip it and return a costlier variant."""
+  budget = 30 * 2**20
+  monkeypatch.setattr(targets, 'usable_memory_bytes', lambda target: budget)
+  config = small_vit()
+  replicated = compile_job.compile_for_target(config, 'v5e-4', with_eval=False,
+                                              count_flops=False)
+  b = replicated.per_device_bytes
+  state = b['params'] + b['optimizer']
+  assert not replicated.fits and state / 4 + b['total'] - state > 1.05 * budget
+  fitted = fit_lib.fit(config, 'v5e-4', with_eval=False)
+  assert fitted.fits and fitted.overrides == {'sharding_rules': fit_lib.FSDP_RULES}
+  assert fitted.per_device_bytes['total'] <= budget
+  assert fitted.per_device_bytes['total'] - fitted.per_device_bytes['params'] - (
+      fitted.per_device_bytes['optimizer']) < b['total'] - state
+
+
+@needs_tpu
+def test_a_job_fits_only_when_its_eval_step_fits_too(monkeypatch):
+  monkeypatch.setattr(targets, 'usable_memory_bytes', lambda target: 30 * 2**20)
+  config = small_vit(sharding_rules=fit_lib.FSDP_RULES, eval_batch_size=4096)
+  report = compile_job.compile_for_target(config, 'v5e-4', count_flops=False)
+  assert report.eval_step['fits'] is False and report.per_device_bytes['total'] <= 30 * 2**20
+  assert not report.fits and 'the eval step does not' in report.oom_message
+  fitted = fit_lib.fit(config, 'v5e-4')
+  assert not fitted.fits and 'eval step (eval_batch_size=4096) did not fit' in (
+      fitted.oom_message)
+
+
+@needs_tpu
+def test_fit_says_when_fewer_accumulation_steps_than_configured_fit():
+  report = fit_lib.fit(tiny(accum_steps=4), 'v5e-8', with_eval=False)
+  assert report.fits and report.overrides == {} and report.config['accum_steps'] == 4
+  assert report.smaller_accum_steps == 1
+
+
 @needs_cuda
 @pytest.mark.parametrize('dtype,fused', [('bfloat16', True), ('float32', False)])
 def test_gpu_node_uses_cudnn_flash_attention_in_bfloat16_only(dtype, fused):
@@ -214,6 +312,15 @@ def test_gpu_node_uses_cudnn_flash_attention_in_bfloat16_only(dtype, fused):
   assert (report.eval_step['fused_attention_kernels']['forward'] >= 1) == fused
   assert kernels['total'] == 0 or fused
   assert report.estimated_step_seconds is None and 'GPU' in report.estimate_note
+
+
+@needs_cuda
+def test_attention_dropout_keeps_the_train_step_off_cudnn_and_the_eval_step_on_it():
+  """cuDNN's kernel has no dropout: training with attention dropout takes the einsum path."""
+  config = tiny(**{'model.dtype': 'bfloat16', 'model.transformer.attention_dropout_rate': 0.1})
+  report = compile_job.compile_for_target(config, 'h100-8', count_flops=False)
+  assert report.fits and report.fused_attention_kernels['total'] == 0
+  assert report.eval_step['fused_attention_kernels']['forward'] >= 1
 
 
 @needs_tpu

@@ -32,10 +32,11 @@ from vit_jax.training import config_args
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config: configs/FILE.py[:ARGS].', lock_config=True)
 _TARGET = flags.DEFINE_string('target', None, 'e.g. v5e-8, v4-32, v5p-128, h100-8, h200-8x2.')
-_FIT = flags.DEFINE_bool('fit', False, 'Search accum_steps, remat and FSDP for a variant that '
-                         'fits, cheapest first, and print its overrides.')
+_FIT = flags.DEFINE_bool('fit', False, 'Search accum_steps, remat and FSDP for a variant whose '
+                         'train and eval steps fit, cheapest first, and print its overrides '
+                         '(and fewer accum_steps than configured where they fit).')
 _JSON = flags.DEFINE_string('json', None, 'Write the full report here as JSON.')
-_EVAL = flags.DEFINE_bool('eval', True, 'Also compile the eval step.')
+_EVAL = flags.DEFINE_bool('eval', True, 'Also compile the eval step; it must fit too.')
 _EXECUTABLE = flags.DEFINE_string('save_executable', None, 'Write the serialized train '
                                   'executable here, for reuse on the target.')
 _ATTENTION = flags.DEFINE_enum('attention', 'auto', ['auto', 'xla'], "'xla': no cuDNN flash "
@@ -83,6 +84,10 @@ def format_report(report: compile_job.Report) -> str:
   if report.overrides:
     lines.append('--fit chose: ' + ' '.join(f'--config.{k}={v!r}'
                                              for k, v in report.overrides.items()))
+  if report.smaller_accum_steps:
+    lines.append(f'--fit: fewer accumulation steps than the configured '
+                 f'{report.config["accum_steps"]} fit too (fewer steps run faster): '
+                 f'--config.accum_steps={report.smaller_accum_steps}')
   return '\n'.join(lines)
 
 

@@ -60,6 +60,7 @@ class Report:
   config: dict[str, Any]  # The fields that shape the program (batch, dtype, accum, remat ...).
   attention: str = 'auto'  # 'xla': cuDNN flash attention was ruled out (for comparison).
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  smaller_accum_steps: int | None = None  # --fit: fewer steps than configured that also fit.
   executable_path: str | None = None
 
   def to_json(self) -> str:
@@ -78,6 +79,17 @@ def prepared(config: ml_collections.ConfigDict,
     raise ValueError(f'Unknown class count of dataset {config.dataset!r}: set '
                      '--config.num_classes')
   return settings_lib.prepare(config, settings_lib.DataFacts(num_classes=num_classes), mesh)
+
+
+def count_eval_step(report: Report) -> None:
+  """Folds `report.eval_step`'s verdict into `report.fits`: a job fits when both steps do."""
+  if report.eval_step is None or report.eval_step['fits'] or not report.fits:
+    return
+  report.fits = False
+  total = report.eval_step.get('total')
+  report.oom_message = ('the train step fits but the eval step does not (lower '
+                        'eval_batch_size): ' + (report.eval_step.get('oom_message') or
+                                                f'it needs {total / 2**30:.2f} GiB per device'))
 
 
 def summary(settings: ml_collections.FrozenConfigDict) -> dict[str, Any]:
@@ -241,7 +253,7 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
                         if compiled is not None else (None, None, 'did not compile (memory)'))
   if compiled is None or not executable_path or not _save_executable(compiled, executable_path):
     executable_path = None
-  return Report(
+  report = Report(
       target=target.name, devices=target.num_devices, device_kind=devices[0].device_kind,
       device_memory_bytes=targets.device_memory_bytes(target), usable_memory_bytes=usable,
       fits=fits, per_device_bytes=per_device, oom_message=oom,
@@ -252,6 +264,8 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
       while_loops=analysis['while_loops'], compile_seconds=round(compile_seconds, 2),
       eval_step=eval_report, config=summary(settings), attention=attention,
       executable_path=executable_path)
+  count_eval_step(report)
+  return report
 
 
 def eval_and_flops(config: ml_collections.ConfigDict, target_name: str

@@ -101,25 +101,40 @@ def padded_attention(query: Array, key: Array, value: Array, implementation: str
   return out[:, :tokens]
 
 
-def _attention_forward(query: Array, key: Array, value: Array) -> tuple[Array, Array]:
+def attention_logits(subscripts: str, query: Array, key: Array, float32_logits: bool = False,
+                     precision: Any = None) -> Array:
+  """The query-key products as float32, for a float32 softmax.
+
+  With `float32_logits` they leave the matrix unit in float32, where they were accumulated;
+  otherwise they are rounded to the inputs' dtype first, as flax's and big_vision's attention
+  do. In bfloat16 that rounding is the attention's main error (BENCHMARKS.md: 2.5e-2 of the
+  largest output against 3.2e-3 for peaked logits), and float32 logits cost memory.
+  """
+  if float32_logits:
+    return jnp.einsum(subscripts, query, key, precision=precision,
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum(subscripts, query, key, precision=precision).astype(jnp.float32)
+
+
+def _attention_forward(query: Array, key: Array, value: Array,
+                       float32_logits: bool) -> tuple[Array, Array]:
   """(output, probabilities in the inputs' dtype).
 
-  The logits leave the matrix unit in the inputs' dtype (accumulated in float32 there), as in
-  flax's and big_vision's attention; the softmax statistics and exponentials are float32. The
+  The logits are `attention_logits`; the softmax statistics and exponentials are float32. The
   softmax is written as exp(logits - logsumexp) so that XLA makes the row statistics in one
   reduction and the probabilities in one pass that emits the inputs' dtype, instead of writing
   float32 exponentials out between the two.
   """
   scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key).astype(jnp.float32) * scale
+  logits = attention_logits('bqhd,bkhd->bhqk', query, key, float32_logits) * scale
   top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   log_sum = top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True))
   probs = jnp.exp(logits - log_sum).astype(value.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', probs, value), probs
 
 
-@jax.custom_vjp
-def xla_attention(query: Array, key: Array, value: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def xla_attention(query: Array, key: Array, value: Array, float32_logits: bool = False) -> Array:
   """Softmax attention over [batch, tokens, heads, head_dim] for bfloat16 where no kernel is fused.
 
   XLA's attention where no fused kernel runs (TPUs, GPUs outside cuDNN's constraints). Autodiff
@@ -131,17 +146,19 @@ def xla_attention(query: Array, key: Array, value: Array) -> Array:
   inputs' dtype. (Recomputing the probabilities from the row statistics, as FlashAttention also
   does, made XLA's TPU programs larger: BENCHMARKS.md.) In float32 this is plain softmax
   attention to rounding; in bfloat16 a ViT-B/16 train step keeps and moves less than
-  big_vision's on the same TPU.
+  big_vision's on the same TPU. `float32_logits` (see `attention_logits`) cuts the error about
+  8x and costs memory: BENCHMARKS.md.
   """
-  return _attention_forward(query, key, value)[0]
+  return _attention_forward(query, key, value, float32_logits)[0]
 
 
-def _xla_attention_fwd(query: Array, key: Array, value: Array):
-  out, probs = _attention_forward(query, key, value)
+def _xla_attention_fwd(query: Array, key: Array, value: Array, float32_logits: bool):
+  out, probs = _attention_forward(query, key, value, float32_logits)
   return out, (query, key, value, probs, out)
 
 
-def _xla_attention_bwd(residuals, grad_out):
+def _xla_attention_bwd(float32_logits, residuals, grad_out):
+  del float32_logits  # The backward starts from the kept probabilities.
   query, key, value, probs, out = residuals
   scale = query.shape[-1] ** -0.5
   grad_out = grad_out.astype(value.dtype)
@@ -159,12 +176,54 @@ def _xla_attention_bwd(residuals, grad_out):
 xla_attention.defvjp(_xla_attention_fwd, _xla_attention_bwd)
 
 
+def _einsum_reason(deterministic: bool, dropout_rate: float, precision: Any,
+                   module: Optional[nn.Module], platform: str) -> str | None:
+  """Why attention must take the explicit einsum-softmax-einsum path, or None."""
+  if module is not None:
+    return 'the attention weights are sown (sow_weights=True)'
+  if dropout_rate > 0. and not deterministic:
+    return f'attention dropout ({dropout_rate}) in training'
+  if precision is not None:
+    return f'matmul precision {precision} is set'
+  if not deterministic and platform == 'cpu':
+    return 'training on CPU'
+  return None
+
+
+def einsum_attention(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
+                     mask: Optional[Array] = None, broadcast_dropout: bool = True,
+                     dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
+                     deterministic: bool = False, precision: Any = None,
+                     module: Optional[nn.Module] = None, float32_logits: bool = False) -> Array:
+  """flax's attention (weights, dropout, sown weights) with a float32 softmax.
+
+  flax takes the softmax in the inputs' dtype; here it takes `attention_logits` (float32) and
+  rounds only the probabilities, as `xla_attention` does.
+  """
+  return nn.dot_product_attention(
+      query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
+      dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
+      module=module, qk_attn_weights_einsum=functools.partial(
+          attention_logits, float32_logits=float32_logits, precision=precision),
+      attn_weights_value_einsum=functools.partial(jnp.einsum, precision=precision))
+
+
 def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] = None,
                  mask: Optional[Array] = None, broadcast_dropout: bool = True,
                  dropout_rng: Optional[Array] = None, dropout_rate: float = 0.,
                  deterministic: bool = False, dtype: Optional[Dtype] = None,
-                 precision: Any = None, module: Optional[nn.Module] = None) -> Array:
+                 precision: Any = None, module: Optional[nn.Module] = None,
+                 normalize_qk: Optional[Callable[[Array, Array], tuple[Array, Array]]] = None,
+                 float32_logits: bool = False) -> Array:
   """Scaled dot-product attention that uses a fused kernel where one exists.
+
+  flax's `MultiHeadDotProductAttention` hands an `attention_fn` only the keyword arguments its
+  signature names, so every one of them is named here and each path honours it: `dtype` (the
+  inputs are cast to it), `mask` and `bias`, attention dropout, `precision` and `module` (the
+  sown weights). The model binds the last two with `functools.partial` (which keeps the
+  signature): `normalize_qk(query, key)` normalizes queries and keys first (ViT's `qk_norm`),
+  `float32_logits` keeps the query-key products in float32 (`attention_logits`; cuDNN and
+  `jax.nn.dot_product_attention` always do).
 
   On GPUs, bfloat16/float16 inputs with a head dimension cuDNN takes run cuDNN flash attention
   (`implementation='cudnn'`, tokens padded by `padded_attention`), in training and evaluation.
@@ -172,28 +231,33 @@ def attention_fn(query: Array, key: Array, value: Array, bias: Optional[Array] =
   `jax.nn.dot_product_attention` takes the rest: a bias or mask, float32 (where `xla_attention`
   saves nothing, and XLA's TPU compiler kept 2.3x the temporaries of a ViT-B/16 step with it),
   and inference on CPUs (where its forward is about 2.5x faster). None of these has attention
-  dropout or returns the weights, so those two cases (training with attention dropout, and
-  `sow_weights=True` for attention maps) take flax's explicit softmax path. So does training on
-  CPUs, where the explicit einsum-softmax-einsum trains faster (BENCHMARKS.md).
-  The paths agree to float32 rounding.
+  dropout, a matmul precision or returns the weights, so those cases (training with attention
+  dropout, `precision`, and `sow_weights=True` for attention maps) take `einsum_attention`.
+  So does training on CPUs, where the explicit einsum-softmax-einsum trains faster
+  (BENCHMARKS.md), but only where the caller passes deterministic=False: flax's attention
+  passes True whenever its dropout rate is 0. Every path takes the softmax in float32; in
+  float32 they agree to rounding.
   """
-  platform = _ATTENTION_PLATFORM.get() or jax.default_backend()
-  if (module is not None or (dropout_rate > 0. and not deterministic)
-      or (not deterministic and platform == 'cpu')):
-    return nn.dot_product_attention(
-        query, key, value, bias=bias, mask=mask, broadcast_dropout=broadcast_dropout,
-        dropout_rng=dropout_rng, dropout_rate=dropout_rate, deterministic=deterministic,
-        dtype=dtype, precision=precision, module=module)
+  if dropout_rate > 0. and not deterministic and dropout_rng is None:
+    raise ValueError(f'attention dropout (dropout_rate={dropout_rate}, deterministic=False) '
+                     'needs a dropout_rng')
   if dtype is not None:
     query, key, value = (t.astype(dtype) for t in (query, key, value))
-  reason = cudnn_refusal(query, key, bias, mask, platform)
+  if normalize_qk is not None:
+    query, key = normalize_qk(query, key)
+  platform = _ATTENTION_PLATFORM.get() or jax.default_backend()
+  explicit = _einsum_reason(deterministic, dropout_rate, precision, module, platform)
+  reason = explicit or cudnn_refusal(query, key, bias, mask, platform)
   if reason is None:
     return padded_attention(query, key, value, implementation='cudnn')
   if platform == 'gpu':
     _log_fallback(reason)
+  if explicit:
+    return einsum_attention(query, key, value, bias, mask, broadcast_dropout, dropout_rng,
+                            dropout_rate, deterministic, precision, module, float32_logits)
   if (bias is None and mask is None and platform != 'cpu'
       and query.dtype in (jnp.bfloat16, jnp.float16)):
-    return xla_attention(query, key, value)
+    return xla_attention(query, key, value, float32_logits)
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
 
 

@@ -41,27 +41,28 @@ class LayerScale(nn.Module):
     return x * scale.astype(x.dtype)
 
 
-class QKNormAttention(nn.Module):
-  """`attention_fn` that LayerNorms queries and keys per head first (timm's `qk_norm`).
+class QKNorm(nn.Module):
+  """LayerNorms queries and keys per head before attention (timm's `qk_norm`).
 
   flax's own `normalize_qk` drops the LayerNorm bias, which timm's `q_norm`/`k_norm` have. Made
-  in the block and handed to flax's attention as its `attention_fn`, the norms' parameters live
-  under the block's `qk_norm/{query_norm,key_norm}`.
+  in the block and bound into `layers.attention_fn` as its `normalize_qk`, the norms' parameters
+  live under the block's `qk_norm/{query_norm,key_norm}`; flax still sees `attention_fn`'s
+  signature, so attention dropout, the mask and the dtype reach it.
   """
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, query: Array, key: Array, value: Array, **kwargs) -> Array:
+  def __call__(self, query: Array, key: Array) -> tuple[Array, Array]:
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=query.dtype,
                              param_dtype=self.param_dtype)
-    return layers.attention_fn(norm(name='query_norm')(query), norm(name='key_norm')(key),
-                               value, **kwargs)
+    return norm(name='query_norm')(query), norm(name='key_norm')(key)
 
 
 class Encoder1DBlock(nn.Module):
   """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
 
-  `init_values` adds LayerScale to both branches, `qk_norm` per-head query/key LayerNorms.
+  `init_values` adds LayerScale to both branches, `qk_norm` per-head query/key LayerNorms;
+  `float32_logits` keeps bfloat16 attention's logits in float32 (`layers.attention_logits`).
   """
   mlp_dim: int
   num_heads: int
@@ -71,6 +72,7 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   init_values: Optional[float] = None
   qk_norm: bool = False
+  float32_logits: bool = False
   sow_weights: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -81,8 +83,10 @@ class Encoder1DBlock(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     y = norm(name='LayerNorm_0')(x)
-    attend = (QKNormAttention(param_dtype=self.param_dtype, name='qk_norm') if self.qk_norm
-              else layers.attention_fn)
+    attend = functools.partial(layers.attention_fn, float32_logits=self.float32_logits)
+    if self.qk_norm:
+      attend = functools.partial(attend, normalize_qk=QKNorm(param_dtype=self.param_dtype,
+                                                             name='qk_norm'))
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
@@ -132,6 +136,7 @@ class Encoder(nn.Module):
   gelu_approximate: bool = True
   init_values: Optional[float] = None
   qk_norm: bool = False
+  float32_logits: bool = False
   posemb: str = 'learn'
   add_position_embedding: bool = True
   scan: bool = False
@@ -156,7 +161,8 @@ class Encoder(nn.Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         gelu_approximate=self.gelu_approximate, init_values=self.init_values,
-        qk_norm=self.qk_norm, sow_weights=self.sow_weights, dtype=self.dtype,
+        qk_norm=self.qk_norm, float32_logits=self.float32_logits,
+        sow_weights=self.sow_weights, dtype=self.dtype,
         param_dtype=self.param_dtype)
     if self.scan:
       block_cls = _ScannedBlock
@@ -218,6 +224,7 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   gelu_approximate: bool = True
+  float32_logits: bool = False
   sow_weights: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -229,7 +236,8 @@ class MAPHead(nn.Module):
     probe = jnp.tile(probe, [n, 1, 1]).astype(self.dtype)
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), attention_fn=layers.attention_fn,
+        kernel_init=nn.initializers.xavier_uniform(),
+        attention_fn=functools.partial(layers.attention_fn, float32_logits=self.float32_logits),
         name='MultiHeadDotProductAttention_0')(probe, x, sow_weights=self.sow_weights)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype,
                      name='LayerNorm_0')(x)
@@ -249,7 +257,8 @@ class VisionTransformer(nn.Module):
       patch) size.
     transformer: encoder fields (see `Encoder`): num_layers, mlp_dim, num_heads, dropout_rate,
       attention_dropout_rate and optionally stochastic_depth, gelu_approximate, scan, remat,
-      init_values (LayerScale) and qk_norm.
+      init_values (LayerScale), qk_norm and float32_logits (bfloat16 attention logits kept in
+      float32: about 8x less attention error, more memory; BENCHMARKS.md).
     hidden_size: token width D.
     resnet: None for ViT; for hybrids a dict with `num_layers` (units per stage) and
       `width_factor`.
@@ -337,6 +346,7 @@ class VisionTransformer(nn.Module):
     elif self.classifier == 'map':
       x = MAPHead(mlp_dim=encoder_fields['mlp_dim'], num_heads=encoder_fields['num_heads'],
                   gelu_approximate=encoder_fields.get('gelu_approximate', True),
+                  float32_logits=encoder_fields.get('float32_logits', False),
                   sow_weights=self.sow_weights, dtype=dtype, param_dtype=param_dtype,
                   name='MAPHead_0')(x[:, self.reg_tokens:])
     elif self.classifier in ('token_unpooled', 'unpooled'):
