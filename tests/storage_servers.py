@@ -25,7 +25,8 @@ buckets (stock buckets keep every deleted object for 7 days, in memory). A separ
 survives a SIGKILL of any client, serves several client processes (it handles one request at a
 time), and dies with the test process (it exits when its stdin closes).
 
-Run it by hand: `python tests/storage_servers.py --bucket NAME` prints `PORT <n>`.
+Run it by hand: `python tests/storage_servers.py --bucket NAME [--port N]` prints `PORT <n>` and
+serves until interrupted; point clients at it with the variables of `client_env`.
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ def apply(names: Sequence[str] = tuple(PATCHES)) -> None:
 # The server process.
 
 
-def _serve(host: str, port: int, buckets: Sequence[str], patches: Sequence[str]) -> None:
+def _serve(host: str, port: int, buckets: Sequence[str], patches: Sequence[str],
+           watch_stdin: bool) -> None:
   import logging  # pylint: disable=g-import-not-at-top
   from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
   from gcp_storage_emulator.handlers import buckets as bucket_handlers  # pylint: disable=g-import-not-at-top
@@ -308,7 +310,10 @@ def _serve(host: str, port: int, buckets: Sequence[str], patches: Sequence[str])
     storage.buckets[name]['softDeletePolicy'] = {'retentionDurationSeconds': '0'}
   instance.start()
   print(f'PORT {instance._api._httpd.server_address[1]}', flush=True)  # pylint: disable=protected-access
-  sys.stdin.read()  # Until the test process closes the pipe (or dies).
+  if watch_stdin:
+    sys.stdin.read()  # Until the test process closes the pipe (or dies).
+  else:
+    threading.Event().wait()  # Until interrupted.
   instance.stop()
 
 
@@ -322,7 +327,8 @@ class GcsServer:
 
   def __init__(self, buckets: Sequence[str] = ('test-bucket',),
                patches: Sequence[str] = tuple(PATCHES)):
-    cmd = [sys.executable, os.path.abspath(__file__), '--patches', ','.join(patches)]
+    cmd = [sys.executable, os.path.abspath(__file__), '--watch-stdin',
+           '--patches', ','.join(patches)]
     for name in buckets:
       cmd += ['--bucket', name]
     self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -383,8 +389,11 @@ def _main() -> None:
   parser.add_argument('--bucket', action='append', default=[])
   parser.add_argument('--patches', default=','.join(PATCHES),
                       help='comma-separated names of PATCHES to apply (empty: stock server)')
+  parser.add_argument('--watch-stdin', action='store_true',
+                      help='exit when stdin closes (how GcsServer ties it to the test process)')
   args = parser.parse_args()
-  _serve(args.host, args.port, args.bucket, [p for p in args.patches.split(',') if p])
+  _serve(args.host, args.port, args.bucket, [p for p in args.patches.split(',') if p],
+         args.watch_stdin)
 
 
 if __name__ == '__main__':

@@ -56,6 +56,8 @@ def test_files_and_folders(root):
   assert paths.listdir(root) == ['a.json', 'sub']
   assert paths.listdir(paths.join(root, 'sub')) == ['b.bin', 'deeper']
   assert json.loads(paths.read_text(paths.join(root, 'a.json'))) == {'step': 3}
+  assert paths.size(paths.join(root, 'sub', 'b.bin')) == 4
+  assert paths.size(root) == 4 + len(json.dumps({'step': 3}))
   assert paths.read_bytes(paths.join(root, 'sub', 'b.bin')) == b'\x00\r\n\r'
   assert paths.read_bytes(paths.join(root, 'sub', 'deeper', 'c.bin')) == b''
   assert paths.glob(paths.join(root, '**', '*.bin')) == [

@@ -147,6 +147,24 @@ def glob(pattern: PathLike) -> list[str]:
   return sorted(f'{protocol}://{p}' for p in _filesystem(pattern).glob(pattern))
 
 
+def size(path: PathLike) -> int:
+  """Bytes of the file at `path`, or of every file under folder `path`.
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+  """
+  path = _local(path)
+  if is_remote(path):
+    fs = _filesystem(path)
+    if not fs.exists(path):
+      raise FileNotFoundError(f'No file at {path}')
+    return int(fs.du(path, total=True))
+  if not os.path.isdir(path):
+    return os.path.getsize(path)
+  return sum(os.path.getsize(os.path.join(folder, name))
+             for folder, _, names in os.walk(path) for name in names)
+
+
 def makedirs(path: PathLike) -> None:
   """Creates local folder `path` with its parents; a no-op on object stores (no folders)."""
   path = _local(path)
