@@ -62,6 +62,9 @@ def test_files_and_folders(root):
   assert paths.read_bytes(paths.join(root, 'sub', 'deeper', 'c.bin')) == b''
   assert paths.glob(paths.join(root, '**', '*.bin')) == [
       paths.join(root, 'sub', 'b.bin'), paths.join(root, 'sub', 'deeper', 'c.bin')]
+  assert paths.glob(paths.join(root, 'sub', '**')) == [
+      paths.join(root, 'sub'), paths.join(root, 'sub', 'b.bin'), paths.join(root, 'sub', 'deeper'),
+      paths.join(root, 'sub', 'deeper', 'c.bin')]
   with paths.open_read(paths.join(root, 'a.json'), 'r') as f:
     assert json.load(f) == {'step': 3}
   paths.remove(paths.join(root, 'a.json'))
@@ -71,6 +74,13 @@ def test_files_and_folders(root):
       paths.read_bytes(missing)
   with pytest.raises(FileNotFoundError):
     paths.listdir(paths.join(root, 'nope'))
+
+
+def test_folder_placeholder_objects_are_no_entries(gcs_root):
+  _fs().pipe_file(f'{gcs_root}/run/', b'')  # What a console's "create folder" leaves.
+  paths.write_bytes(f'{gcs_root}/run/a.bin', b'a')
+  assert paths.listdir(f'{gcs_root}/run') == ['a.bin']
+  assert paths.glob(f'{gcs_root}/**') == [gcs_root, f'{gcs_root}/run', f'{gcs_root}/run/a.bin']
 
 
 def test_numpy_files_through_the_layer(root):

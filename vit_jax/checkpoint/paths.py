@@ -135,16 +135,20 @@ def listdir(path: PathLike) -> list[str]:
   fs = _filesystem(path)
   if not fs.isdir(path):
     raise FileNotFoundError(f'No folder at {path}')
-  return sorted(posixpath.basename(p.rstrip('/')) for p in fs.ls(path, detail=False))
+  # A zero-byte `folder/` object (consoles make them for "new folder") lists as the folder.
+  itself = path.split('://', 1)[1].rstrip('/')
+  return sorted(posixpath.basename(p.rstrip('/')) for p in fs.ls(path, detail=False)
+                if p.rstrip('/') != itself)
 
 
 def glob(pattern: PathLike) -> list[str]:
-  """The paths matching `pattern` (`*`, `?`, and `**` for any depth), sorted."""
+  """The paths matching `pattern` (`*`, `?`, and `**` for any depth, itself included), sorted,
+  without trailing separators."""
   pattern = _local(pattern)
   if not is_remote(pattern):
-    return sorted(glob_lib.glob(pattern, recursive=True))
+    return sorted({p.rstrip(os.sep) or p for p in glob_lib.glob(pattern, recursive=True)})
   protocol = pattern.split('://', 1)[0]
-  return sorted(f'{protocol}://{p}' for p in _filesystem(pattern).glob(pattern))
+  return sorted({f'{protocol}://{p.rstrip("/")}' for p in _filesystem(pattern).glob(pattern)})
 
 
 def size(path: PathLike) -> int:
