@@ -44,6 +44,9 @@ def gcs_server():
   with GcsServer(buckets=('test-bucket',)) as server, pytest.MonkeyPatch.context() as patch:
     for key, value in server.env.items():
       patch.setenv(key, value)
+    import fsspec.config  # pylint: disable=g-import-not-at-top
+    from storage_servers import FSSPEC_GCS  # pylint: disable=g-import-not-at-top
+    patch.setitem(fsspec.config.conf, 'gcs', FSSPEC_GCS)  # fsspec read FSSPEC_GCS at import.
     forget_clients()
     yield server
   forget_clients()

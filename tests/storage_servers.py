@@ -46,7 +46,12 @@ from typing import Callable, Mapping, Sequence
 # STORAGE_EMULATOR_HOST, tensorstore TENSORSTORE_GCS_HTTP_URL (and would read a credentials file
 # named by GOOGLE_APPLICATION_CREDENTIALS without the test token); epath must leave `gs://` to
 # gcsfs (with TensorFlow importable it takes tf.io.gfile, which cannot be redirected); gcsfs's
-# experimental zonal-bucket class asks a gRPC control API the emulator does not serve.
+# experimental zonal-bucket class asks a gRPC control API the emulator does not serve. And the
+# gcsfs that epath (so Orbax) makes would cache listings: a host would not see the steps another
+# host wrote (tf.io.gfile, epath's client on a pod, caches none; checkpoint.paths asks for none).
+FSSPEC_GCS = {'use_listings_cache': False}
+
+
 def client_env(url: str) -> dict[str, str]:
   """The environment variables that point every GCS client of a process at `url`."""
   return {
@@ -56,6 +61,7 @@ def client_env(url: str) -> dict[str, str]:
       'GOOGLE_CLOUD_PROJECT': 'vit-jax-test',
       'EPATH_USE_TF': 'false',
       'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false',
+      'FSSPEC_GCS': json.dumps(FSSPEC_GCS),  # fsspec's defaults for every gcsfs it makes.
   }
 
 

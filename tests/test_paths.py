@@ -83,6 +83,22 @@ def test_folder_placeholder_objects_are_no_entries(gcs_root):
   assert paths.glob(f'{gcs_root}/**') == [gcs_root, f'{gcs_root}/run', f'{gcs_root}/run/a.bin']
 
 
+def test_listings_see_what_another_client_wrote(gcs_server, gcs_root):
+  """Hosts share a bucket: neither the layer nor Orbax's epath may answer from a stale listing."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  from storage_servers import object_url  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  paths.write_bytes(f'{gcs_root}/a', b'a')
+  assert paths.listdir(gcs_root) == ['a'] == [p.name for p in epath.Path(gcs_root).iterdir()]
+  name = gcs_root[len('gs://test-bucket/'):] + '/b'
+  urllib.request.urlopen(urllib.request.Request(object_url(
+      gcs_server.url, 'test-bucket', upload=True, query={'uploadType': 'media', 'name': name}),
+      data=b'b', method='POST')).read()  # Another host's upload.
+  assert paths.listdir(gcs_root) == ['a', 'b']
+  assert sorted(p.name for p in epath.Path(gcs_root).iterdir()) == ['a', 'b']
+  assert paths.exists(f'{gcs_root}/b') and epath.Path(f'{gcs_root}/b').exists()
+
+
 def test_numpy_files_through_the_layer(root):
   arrays = {'a': np.arange(12, dtype=np.float32).reshape(3, 4), 'b': np.array([1, 2], np.int8)}
   path = paths.join(root, 'model.npz')
