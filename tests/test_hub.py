@@ -131,3 +131,13 @@ def test_environment_alone_points_a_new_process_at_the_cache(hub_home):
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                        check=True, env=dict(os.environ)).stdout.strip()
   assert out == hub.fetch(f'hf://{TIMM}').path and out.startswith(hub_home[0])
+
+
+def test_the_one_loader_reads_what_comes_back(hub_home):
+  from vit_jax.models import loader  # pylint: disable=g-import-not-at-top
+  timm = hub.fetch(f'hf-hub:{TIMM}')
+  read = loader.read_file(timm.path, model_name='ViT-Ti_16')
+  assert read.format == 'timm' and read.params['head/kernel'].shape == (192, 1000)
+  transformers = hub.fetch(f'hf://{HF}')
+  read = loader.read_file(transformers.path)
+  assert read.format == 'hf' and read.params['head/kernel'].shape == (192, 1000)
