@@ -167,6 +167,7 @@ _CLIENT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_two_client_processes_at_once(gcs_server):
   env = dict(os.environ, **gcs_server.env)
   procs = [subprocess.Popen([sys.executable, '-c', _CLIENT, f'gs://test-bucket/client{i}', '12'],
@@ -188,6 +189,7 @@ _SLOW_UPLOADER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_client_killed_mid_upload_leaves_no_object(gcs_server):
   from vit_jax.checkpoint import paths  # pylint: disable=g-import-not-at-top
   proc = subprocess.Popen([sys.executable, '-c', _SLOW_UPLOADER, gcs_server.url],
