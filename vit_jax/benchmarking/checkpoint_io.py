@@ -74,8 +74,8 @@ def measure(directory: str, state: Any, repeats: int) -> list[dict[str, float]]:
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     jax.block_until_ready(restored)
     restore_s = time.perf_counter() - start
-    if not np.array_equal(np.asarray(restored['params']['head']['kernel']),
-                          np.asarray(state['params']['head']['kernel'])):
+    if not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+               zip(jax.tree.leaves(restored), jax.tree.leaves(state))):
       raise AssertionError(f'The checkpoint restored from {directory} differs from the saved one')
     del restored
     manager.delete(step)
