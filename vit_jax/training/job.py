@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import ml_collections
 import optax
 
 from vit_jax import models
+from vit_jax.training import accumulation
 from vit_jax.training import optim
 from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
@@ -66,6 +68,12 @@ class Job:
     return {'image': shaped((batch_size, *self.image_shape), jnp.float32),
             'label': shaped((batch_size,), jnp.int32),
             'mask': shaped((batch_size,), jnp.float32)}
+
+  def accumulation_caveats(self) -> list[str]:
+    """What the job's `accum_steps` micro-batches compute differently from one batch of
+    `batch_size` (`accumulation.caveats`); empty where they compute the same step."""
+    return accumulation.caveats(self.config.model_name, self.abstract_state().model_state,
+                                self.config.accum_steps)
 
   def compile_train_step(self) -> Any:
     """The train step compiled for the mesh's devices from shapes alone."""
@@ -126,5 +134,8 @@ def build(settings: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh, *,
                        out_shardings=(shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(step_lib.make_eval_step(model, mesh, settings.loss),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
-  return Job(settings, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
-             eval_step)
+  job = Job(settings, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
+            eval_step)
+  for caveat in job.accumulation_caveats():
+    logging.warning('%s', caveat)
+  return job
