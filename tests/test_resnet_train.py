@@ -216,6 +216,24 @@ def test_accumulation_updates_the_running_statistics_once_per_step():
   assert caveats[1] == [] and 'ghost batch norm' in caveats[4][0]
 
 
+def test_a_job_with_batchnorm_and_accumulation_logs_that_it_is_not_one_batch(tmp_path):
+  """Issue 28: the run's log says, at start, that micro-batches are normalised by their own
+  statistics (ghost batch norm)."""
+  data = make_image_folder(str(tmp_path / 'images'), splits=(('train', 16), ('test', 8)))
+  logs = {}
+  for accum in (1, 2):
+    config = resnet_config(
+        dataset='imagefolder', data_dir=data, download=False, pp_train='resize',
+        pp_eval='resize', shuffle_buffer=16, batch_size=8, accum_steps=accum, total_steps=1,
+        export_npz=False)
+    config.evals.test.every = 0
+    workdir = tmp_path / f'accum_{accum}'
+    train.train_and_evaluate(config, str(workdir))
+    logs[accum] = (workdir / 'train.0.log').read_text()
+  assert 'ResNet-18 has BatchNorm: with accum_steps=2' in logs[2]
+  assert 'ghost batch norm' in logs[2] and 'ghost batch norm' not in logs[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Configs.
 

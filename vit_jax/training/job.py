@@ -12,7 +12,6 @@ import dataclasses
 import math
 from typing import Any, Callable
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -134,8 +133,5 @@ def build(settings: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh, *,
                        out_shardings=(shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(step_lib.make_eval_step(model, mesh, settings.loss),
                       in_shardings=(shardings, batch_sharding), out_shardings=replicated)
-  job = Job(settings, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
-            eval_step)
-  for caveat in job.accumulation_caveats():
-    logging.warning('%s', caveat)
-  return job
+  return Job(settings, model, mesh, tx, schedule, make, shardings, batch_sharding, train_step,
+             eval_step)
