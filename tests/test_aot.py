@@ -353,15 +353,19 @@ def test_attention_dropout_keeps_the_train_step_off_cudnn_and_the_eval_step_on_i
   assert report.eval_step['fused_attention_kernels']['forward'] >= 1
 
 
-@needs_tpu
-def test_accumulated_gradients_are_reduced_once_per_step_not_per_micro_batch():
-  report = compile_job.compile_for_target(tiny(accum_steps=4), 'v5e-8', with_eval=False,
-                                          count_flops=False)
-  gradient_bytes = report.per_device_bytes['params']  # Replicated: one whole gradient.
-  all_reduce = report.collectives['all-reduce']
-  assert report.while_loops == [4]
-  # One gradient's worth per step (plus scalar metrics), where reducing in the loop moved four.
-  assert gradient_bytes <= all_reduce['bytes_per_step'] < 1.5 * gradient_bytes
+@pytest.mark.parametrize('target', [pytest.param('v5e-8', marks=needs_tpu),
+                                    pytest.param('h100-8', marks=needs_cuda)])
+def test_accumulated_gradients_are_reduced_once_per_step_not_per_micro_batch(target):
+  """Issue 28: the TPU and GPU compilers move the gradients out of the accumulation loop, so a
+  step reduces the same bytes at accum_steps 1 and 4 (the CPU backend does not: README)."""
+  reports = {accum: compile_job.compile_for_target(tiny(accum_steps=accum), target,
+                                                   with_eval=False, count_flops=False)
+             for accum in (1, 4)}
+  gradient_bytes = reports[4].per_device_bytes['params']  # Replicated: one whole gradient.
+  assert reports[4].while_loops == [4]
+  one, four = (reports[a].collectives['all-reduce']['bytes_per_step'] for a in (1, 4))
+  # One gradient's worth per step plus scalar metrics, where reducing in the loop moved four.
+  assert gradient_bytes <= one <= four < one + 1024
 
 
 @needs_cuda
