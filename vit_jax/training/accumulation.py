@@ -57,7 +57,7 @@ def accumulate(micro_step: MicroStep, params: Any, model_state: Any,
     (summed gradients, the merged model state, summed metrics).
 
   The loop only sums gradients, so XLA can reduce them across devices once, after it; TPU and
-  GPU compilers do, the CPU backend reduces every micro-batch's (README, "Will it fit?").
+  GPU compilers do, the CPU backend reduces every micro-batch's (README, Training).
   """
   accum_steps = rngs.shape[0]
 
