@@ -259,7 +259,7 @@ def test_accumulation_over_corrupt_images_gives_one_batch_s_parameters(folder, t
   """Issue 28: through the command line, one SGD step at accum_steps 1 and 4 over a batch of 24
   of the folder's 26 images, corrupt ones among them."""
   root, _ = folder
-  exported = {}
+  exported, losses = {}, {}
   for accum in (1, 4):
     workdir = tmp_path / f'accum_{accum}'
     args = [sys.executable, '-m', 'vit_jax.main',
@@ -275,10 +275,12 @@ def test_accumulation_over_corrupt_images_gives_one_batch_s_parameters(folder, t
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
     run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    skipped = re.search(r'(\d+) training images skipped so far',
-                        (workdir / 'train.0.log').read_text())
+    log = (workdir / 'train.0.log').read_text()
+    skipped = re.search(r'(\d+) training images skipped so far', log)
     assert skipped and int(skipped.group(1)) >= 1
+    losses[accum] = re.search(r'step 1/1 .* loss ([\d.]+) .* \|g\| ([\d.]+)', log).groups()
     exported[accum] = checkpoint.flatten(checkpoint.load(workdir / 'model.npz'))
+  assert losses[4] == losses[1]  # The logged loss and gradient norm, as printed.
   assert exported[1].keys() == exported[4].keys()
   for key in exported[1]:
     np.testing.assert_allclose(exported[4][key], exported[1][key], atol=2e-6, rtol=0,
