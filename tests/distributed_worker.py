@@ -9,15 +9,13 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax.training import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vit_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 16
 
@@ -36,15 +34,10 @@ def run(mesh_axes, rules, num_devices, steps, out, fsdp_report):
   config.sharding_rules = rules
   devices = jax.devices()[:num_devices] if num_devices else None
   mesh = sharding.make_mesh(mesh_axes, devices)
-  model = step_lib.create_model(config, 10)
+  job = helpers.job_for(config, 10, mesh)
+  batch_sharding = job.batch_sharding
   with jax.set_mesh(mesh):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-    tx, schedule = optim.make_optimizer(config, shapes['params'])
-    state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
-    batch_sharding = sharding.batch_sharding(mesh)
-    step_fn = jax.jit(step_lib.make_train_step(model, tx, schedule, config, mesh),
-                      in_shardings=(shardings, batch_sharding),
-                      out_shardings=(shardings, sharding.replicated(mesh)))
+    state = job.init_state()
     losses = []
     for step in range(steps):
       batch = global_batch(step % 2)  # Two batches, revisited: the loss must fall.
@@ -52,7 +45,7 @@ def run(mesh_axes, rules, num_devices, steps, out, fsdp_report):
       local = {k: v[rows] for k, v in batch.items()}
       batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
                            local)
-      state, metrics = step_fn(state, batch)
+      state, metrics = job.train_step(state, batch, None)
       losses.append(float(metrics['loss']))
     shard_shapes = {sharding.path_str(path): list(x.addressable_shards[0].data.shape)
                     for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]}

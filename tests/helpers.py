@@ -88,18 +88,32 @@ def init_key():
   return jax.random.key(0, impl='rbg')
 
 
-def state_and_step(config, num_classes, size=32):
-  """(a fresh TrainState, the jitted train step) of `config` on one mesh, for size-px images."""
-  from vit_jax.training import optim  # pylint: disable=g-import-not-at-top
+def job_for(config, num_classes, mesh=None, **kwargs):
+  """The job (`training.job.build`) of the experiment config `config` for `num_classes`
+  classes on `mesh` (default: `config.mesh` over all devices); `kwargs` go to `build` (e.g.
+  `teacher`)."""
+  from vit_jax.training import job as job_lib  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import settings  # pylint: disable=g-import-not-at-top
   from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
-  model = step_lib.create_model(config, num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             np.zeros((1, size, size, 3), np.float32)))
-  tx, schedule = optim.make_optimizer(config, shapes['params'])
-  state, _ = step_lib.init_state(config, model, tx, sharding.make_mesh(config.mesh),
-                                 (size, size, 3))
-  return state, jax.jit(step_lib.make_train_step(model, tx, schedule, config))
+  mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
+  prepared = settings.prepare(config, settings.DataFacts(num_classes=num_classes), mesh)
+  with jax.set_mesh(mesh):
+    return job_lib.build(prepared, mesh, **kwargs)
+
+
+def stepper(job):
+  """`job.train_step` on a copy of the state (the job's step donates it), so that a test can
+  step the same state twice."""
+  def step(state, batch, teacher_variables=None):
+    with jax.set_mesh(job.mesh):
+      return job.train_step(jax.tree.map(jax.numpy.copy, state), batch, teacher_variables)
+  return step
+
+
+def state_and_step(config, num_classes):
+  """(a fresh TrainState, the train step) of `config`'s job (`job_for`, `stepper`)."""
+  job = job_for(config, num_classes)
+  return job.init_state(), stepper(job)
 
 
 def make_image_folder(root, splits=(('train', 24), ('test', 10)), num_classes=3, size=32):

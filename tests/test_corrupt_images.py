@@ -3,6 +3,9 @@
 import io
 import logging
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +15,10 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from helpers import cifar_dir, make_image_folder
+from helpers import REPO, cifar_dir, job_for, make_image_folder, stepper
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax.data import input_pipeline
-from vit_jax.training import optim
-from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
 from vit_jax.training import train
 
@@ -174,13 +175,8 @@ def _step_setup(**overrides):
   config.update(image_size=SIZE, **overrides)
   config.model.patches = {'size': (4, 4)}
   config.model.transformer.dropout_rate = 0.0
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, CLASSES)
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, SIZE, SIZE, 3))))['params']
-  tx, schedule = optim.make_optimizer(config, params)
-  state, _ = step_lib.init_state(config, model, tx, mesh, (SIZE, SIZE, 3))
-  return jax.jit(step_lib.make_train_step(model, tx, schedule, config)), state
+  job = job_for(config, CLASSES)
+  return stepper(job), job.init_state()
 
 
 def _batch(mask=None, seed=0, batch=8):
@@ -257,6 +253,38 @@ def test_a_run_over_corrupt_files_completes_counts_them_and_resumes_exactly(fold
   b = checkpoint.flatten(checkpoint.load(os.path.join(resumed_dir, 'model.npz')))
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_accumulation_over_corrupt_images_gives_one_batch_s_parameters(folder, tmp_path):
+  """Issue 28: through the command line, one SGD step at accum_steps 1 and 4 over a batch of 24
+  of the folder's 26 images, corrupt ones among them."""
+  root, _ = folder
+  exported, losses = {}, {}
+  for accum in (1, 4):
+    workdir = tmp_path / f'accum_{accum}'
+    args = [sys.executable, '-m', 'vit_jax.main',
+            f'--config={os.path.join(REPO, "tests", "tiny_config.py")}:imagefolder',
+            f'--workdir={workdir}', f'--config.data_dir={root}', '--config.train_split=train',
+            f'--config.image_size={SIZE}', '--config.model.patches.size=(4, 4)',
+            '--config.model.transformer.dropout_rate=0', '--config.pp_train=flip_lr',
+            '--config.pp_eval=resize', '--config.shuffle_buffer=64', '--config.batch_size=24',
+            f'--config.accum_steps={accum}', '--config.total_steps=1', '--config.log_every=1',
+            '--config.optimizer.name=sgd', '--config.lr.base=0.5', '--config.lr.warmup_steps=0',
+            '--config.lr.decay_type=constant', '--config.grad_clip_norm=0',
+            '--config.evals.test.split=test', '--config.evals.test.every=0']
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])}
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (workdir / 'train.0.log').read_text()
+    skipped = re.search(r'(\d+) training images skipped so far', log)
+    assert skipped and int(skipped.group(1)) >= 1
+    losses[accum] = re.search(r'step 1/1 .* loss ([\d.]+) .* \|g\| ([\d.]+)', log).groups()
+    exported[accum] = checkpoint.flatten(checkpoint.load(workdir / 'model.npz'))
+  assert losses[4] == losses[1]  # The logged loss and gradient norm, as printed.
+  assert exported[1].keys() == exported[4].keys()
+  for key in exported[1]:
+    np.testing.assert_allclose(exported[4][key], exported[1][key], atol=2e-6, rtol=0,
+                               err_msg=key)
 
 
 @pytest.mark.parametrize('units', [1, 2, 4])

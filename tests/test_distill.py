@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import randomize
+from helpers import job_for, randomize, stepper
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax import models
@@ -15,7 +15,6 @@ from vit_jax.models import outputs
 from vit_jax.training import base_config
 from vit_jax.training import distill
 from vit_jax.training import optim
-from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
 from vit_jax.training import train
 
@@ -35,7 +34,7 @@ def test_hard_distillation_loss_by_hand():
   teacher_labels = np.eye(3)[TEACHER.argmax(-1)]  # argmax: class 1, class 0
   ce_dist = -(teacher_labels * log_softmax(DIST)).sum(-1)
   expected = np.mean(0.5 * ce_cls + 0.5 * ce_dist)
-  got = distill.distillation_loss(CLS, DIST, TARGETS, TEACHER, kind='hard')
+  got = np.mean(distill.per_example_loss(CLS, DIST, TARGETS, TEACHER, kind='hard'))
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   # By hand: rows (0.2413 + 0.4076) / 2 and (1.0019 + 0.3064) / 2, averaged.
   np.testing.assert_allclose(got, 0.489304, rtol=1e-5)
@@ -48,8 +47,8 @@ def test_soft_distillation_loss_by_hand():
   # DeiT: kl_div(reduction='sum') * T^2 / outputs_kd.numel(), numel = batch x classes.
   soft = (p_teacher * (np.log(p_teacher) - log_softmax(DIST / t))).sum() * t**2 / DIST.size
   expected = 0.7 * np.mean(ce_cls) + 0.3 * soft
-  got = distill.distillation_loss(CLS, DIST, TARGETS, TEACHER, kind='soft', alpha=0.3,
-                                  temperature=t)
+  got = np.mean(distill.per_example_loss(CLS, DIST, TARGETS, TEACHER, kind='soft', alpha=0.3,
+                                         temperature=t))
   np.testing.assert_allclose(got, expected, rtol=1e-6)
   try:  # DeiT's own expression (its DistillationLoss), where torch is installed.
     import torch  # pylint: disable=g-import-not-at-top
@@ -104,13 +103,10 @@ def test_teacher_is_frozen_and_used(tmp_path):
   teacher, teacher_variables = distill.load_teacher(config.distillation, 32, 10)
   before = jax.tree.map(np.array, teacher_variables)
 
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, 10)
-  tx, schedule = optim.make_optimizer(config, jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), x))['params'])
-  state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+  job = job_for(config, 10, teacher=teacher)
+  state = job.init_state()
   assert 'dist' in state.params and not jax.tree.leaves(state.model_state)
-  train_step = jax.jit(step_lib.make_train_step(model, tx, schedule, config, teacher=teacher))
+  train_step = stepper(job)
   batch = {'image': x, 'label': jnp.arange(8) % 10}
   losses = []
   for _ in range(3):
@@ -120,12 +116,39 @@ def test_teacher_is_frozen_and_used(tmp_path):
     np.testing.assert_array_equal(a, b)
   # The teacher matters: another teacher gives another loss from the same state.
   other = jax.tree.map(lambda p: -p, teacher_variables)
-  _, metrics_other = jax.jit(step_lib.make_train_step(model, tx, schedule, config,
-                                                      teacher=teacher))(state, batch, other)
-  _, metrics_same = jax.jit(step_lib.make_train_step(model, tx, schedule, config,
-                                                     teacher=teacher))(state, batch,
-                                                                       teacher_variables)
+  _, metrics_other = train_step(state, batch, other)
+  _, metrics_same = train_step(state, batch, teacher_variables)
   assert float(metrics_other['loss']) != pytest.approx(float(metrics_same['loss']))
+
+
+@pytest.mark.parametrize('kind', ['hard', 'soft'])
+def test_distillation_accumulates_as_one_batch_with_skipped_images(kind):
+  """Issue 28: the distillation loss too is divided by the whole batch's weight, not by each
+  micro-batch's (rows 1 and 5 are the whole second micro-batch of 4)."""
+  config = tiny_config.get_config()
+  config.model = {**config.model.to_dict(), 'distilled': True}
+  config.model['transformer']['dropout_rate'] = 0.
+  config.update(batch_size=8, grad_clip_norm=0.)
+  config.optimizer.name = 'sgd'
+  config.lr.update(base=0.5, warmup_steps=0, decay_type='constant')
+  config.distillation = base_config.distillation(teacher_model='CNN-CIFAR', kind=kind,
+                                                 temperature=2.)
+  x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+  teacher = models.get_model('CNN-CIFAR', num_classes=10)
+  teacher_variables = {'params': randomize(teacher.init(jax.random.key(2), x)['params'],
+                                           scale=0.5)}
+  batch = {'image': np.asarray(x), 'label': np.arange(8, dtype=np.int32) % 10,
+           'mask': np.array([1, 0, 1, 1, 1, 0, 1, 0], np.float32)}
+  params, losses = [], []
+  for accum in (1, 4):
+    config.accum_steps = accum
+    job = job_for(config, 10, teacher=teacher)
+    state, metrics = stepper(job)(job.init_state(), batch, teacher_variables)
+    params.append(state.params)
+    losses.append(float(metrics['loss']))
+  for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+  assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
 def test_the_step_pairs_a_distilled_student_with_a_teacher():
@@ -138,7 +161,7 @@ def test_the_step_pairs_a_distilled_student_with_a_teacher():
   plain = step_lib.create_model(config, 10)
   tx, schedule = optim.make_optimizer(config, jax.eval_shape(
       lambda: plain.init(jax.random.PRNGKey(0), x))['params'])
-  state, _ = step_lib.init_state(config, plain, tx, sharding.make_mesh(config.mesh), (32, 32, 3))
+  state = job_for(tiny_config.get_config(), 10).init_state()
   with pytest.raises(ValueError, match='needs a distilled student'):
     step_lib.make_train_step(plain, tx, schedule, config, teacher=teacher)(
         state, batch, teacher_variables)

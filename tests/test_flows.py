@@ -19,13 +19,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from helpers import REPO, cifar_dir, classify_cli, make_image_folder, run_python, write_eval_pngs
+from helpers import (REPO, cifar_dir, classify_cli, job_for, make_image_folder, run_python, stepper,
+                     write_eval_pngs)
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax.models import card as card_lib
 from vit_jax.models import loader
-from vit_jax.training import optim
-from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
 from vit_jax.training import train
 
@@ -39,13 +38,12 @@ def test_given_parameters_are_the_only_parameters_and_receive_gradients():
   config = tiny_config.get_config()
   config.model.transformer.dropout_rate = 0.
   model = step_lib.create_model(config, 10)
-  mesh = sharding.make_mesh(config.mesh)
   fresh = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))['params']
   # "Pre-trained": noise everywhere and a non-zero head, unlike the fresh zero head.
   given = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.PRNGKey(2), x.shape),
                        fresh)
-  tx, schedule = optim.make_optimizer(config, given)
-  state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3), given)
+  job = job_for(config, 10, params=given)
+  state = job.init_state(given)
   assert 'params' not in state.model_state
   np.testing.assert_array_equal(state.params['head']['kernel'], given['head']['kernel'])
 
@@ -53,10 +51,11 @@ def test_given_parameters_are_the_only_parameters_and_receive_gradients():
   batch = {'image': rng.standard_normal((32, 32, 32, 3)).astype(np.float32),
            'label': rng.integers(0, 10, 32).astype(np.int32), 'mask': np.ones(32, np.float32)}
   expected_logits = model.apply({'params': given}, batch['image'], train=False)
-  eval_sums = jax.jit(step_lib.make_eval_step(model))(state, batch)
+  with jax.set_mesh(job.mesh):
+    eval_sums = job.eval_step(state, batch)
   expected_hits = np.sum(np.argmax(expected_logits, -1) == batch['label'])
   assert int(eval_sums['correct_top1']) == expected_hits
-  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
+  step = stepper(job)
   new_state, metrics = step(state, batch)
   assert float(metrics['grad_norm']) > 0
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, given)

@@ -5,14 +5,16 @@ plus the ResNet/BiT/hybrid/CNN experiment configs."""
 import os
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import load_config, make_image_folder, state_and_step
+from helpers import job_for, load_config, make_image_folder, state_and_step, stepper
 from vit_jax import checkpoint
+from vit_jax.training import accumulation
 from vit_jax.training import base_config
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -51,16 +53,12 @@ def banded_batch(rng, batch_size, num_classes=3, size=32):
 
 def test_batchnorm_resnet_trains_and_evaluates_with_running_statistics():
   config = resnet_config()
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, 3)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  tx, schedule = optim.make_optimizer(config, shapes['params'])
-  state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+  job = job_for(config, 3)
+  state = job.init_state()
   initial_stats = jax.device_get(state.model_state['batch_stats'])
   assert set(initial_stats) == {'bn_root', 'block1'}
 
-  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)))
+  step = stepper(job)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(config.total_steps):
@@ -78,6 +76,7 @@ def test_batchnorm_resnet_trains_and_evaluates_with_running_statistics():
   # statistics, and moves when they change.
   batch = banded_batch(rng, config.eval_batch_size)
   batch['mask'] = np.ones(config.eval_batch_size, np.float32)
+  model = job.model
   eval_step = jax.jit(step_lib.make_eval_step(model))
   sums = eval_step(state, batch)
   logits = model.apply({'params': state.params, 'batch_stats': stats}, batch['image'])
@@ -163,6 +162,76 @@ def test_weight_ema_statistics_are_exported_and_resumed_exactly(tmp_path):
   again = checkpoint.flatten(checkpoint.load(os.path.join(workdir, 'model_ema_state.npz')))
   for key in exported:
     np.testing.assert_array_equal(again[key], exported[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient accumulation and BatchNorm (issue 28).
+
+
+def test_micro_batch_statistics_merge_into_the_whole_batch_s_update():
+  """flax's own BatchNorm on the whole batch is the reference: micro-batches of different means,
+  each updating the same running statistics, merge into the whole batch's one update."""
+  bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((16, 4, 4, 3)).astype(np.float32)
+  x += np.tile(np.arange(4, dtype=np.float32), 4)[:, None, None, None]  # Rows j::4 differ.
+  old = {'mean': rng.standard_normal(3).astype(np.float32),
+         'var': rng.uniform(0.5, 2., 3).astype(np.float32)}
+  variables = {'params': bn.init(jax.random.key(0), x)['params'], 'batch_stats': old}
+  _, whole = bn.apply(variables, x, mutable=['batch_stats'])
+  micro = [bn.apply(variables, x[j::4], mutable=['batch_stats'])[1] for j in range(4)]
+  stacked = jax.tree.map(lambda *m: jnp.stack(m), *micro)
+  merged = accumulation.merge_model_states({'batch_stats': old}, stacked, 0.9)
+  for key in ('mean', 'var'):
+    np.testing.assert_allclose(merged['batch_stats'][key], whole['batch_stats'][key],
+                               rtol=1e-5, atol=1e-6)
+  # The spread of the micro-batch means is what the variance needs beyond their average.
+  averaged = np.mean(np.stack([m['batch_stats']['var'] for m in micro]), 0)
+  assert np.abs(averaged - whole['batch_stats']['var']).max() > 1e-2
+  with pytest.raises(ValueError, match='BatchNorm momentum'):
+    accumulation.merge_model_states({'batch_stats': old}, stacked, None)
+
+
+def test_accumulation_updates_the_running_statistics_once_per_step():
+  """ResNet, one step at accum_steps 1 and 4 from the same state: the root BatchNorm sees the
+  same images in both, so its running statistics must be equal; every layer's must move about
+  as far (chained per micro-batch they moved 1 - 0.9^4 / 0.1 = 3.4 times as far)."""
+  rng = np.random.default_rng(0)
+  batch = banded_batch(rng, 16)
+  batch["image"] += np.tile(np.arange(4, dtype=np.float32) / 4, 4)[:, None, None, None]
+  stats, caveats = {}, {}
+  for accum in (1, 4):
+    job = job_for(resnet_config(batch_size=16, accum_steps=accum), 3)
+    state = job.init_state()
+    new_state, _ = stepper(job)(state, batch)
+    old, new = (jax.device_get(s.model_state['batch_stats']) for s in (state, new_state))
+    stats[accum] = jax.tree.map(lambda n, o: n - o, new, old)
+    caveats[accum] = job.accumulation_caveats()
+  for key in ('mean', 'var'):
+    np.testing.assert_allclose(stats[4]['bn_root'][key], stats[1]['bn_root'][key], rtol=1e-4,
+                               atol=1e-6)
+  for one, four in zip(jax.tree.leaves(stats[1]), jax.tree.leaves(stats[4])):
+    assert 0.5 < np.linalg.norm(four) / np.linalg.norm(one) < 2
+  # The forward pass cannot be the whole batch's: the job says so.
+  assert caveats[1] == [] and 'ghost batch norm' in caveats[4][0]
+
+
+def test_a_job_with_batchnorm_and_accumulation_logs_that_it_is_not_one_batch(tmp_path):
+  """Issue 28: the run's log says, at start, that micro-batches are normalised by their own
+  statistics (ghost batch norm)."""
+  data = make_image_folder(str(tmp_path / 'images'), splits=(('train', 16), ('test', 8)))
+  logs = {}
+  for accum in (1, 2):
+    config = resnet_config(
+        dataset='imagefolder', data_dir=data, download=False, pp_train='resize',
+        pp_eval='resize', shuffle_buffer=16, batch_size=8, accum_steps=accum, total_steps=1,
+        export_npz=False)
+    config.evals.test.every = 0
+    workdir = tmp_path / f'accum_{accum}'
+    train.train_and_evaluate(config, str(workdir))
+    logs[accum] = (workdir / 'train.0.log').read_text()
+  assert 'ResNet-18 has BatchNorm: with accum_steps=2' in logs[2]
+  assert 'ghost batch norm' in logs[2] and 'ghost batch norm' not in logs[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,13 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import REPO, run_main, state_and_step
+from helpers import REPO, job_for, run_main, state_and_step
 import tiny_config
 from vit_jax import checkpoint
 from vit_jax.data import input_pipeline
 from vit_jax.training import evaluators
-from vit_jax.training import optim
-from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
 from vit_jax.training import train
 from vit_jax.training import workdir
@@ -28,21 +26,17 @@ make_config = tiny_config.for_data
 def test_loss_decreases_on_real_data(data_overrides):
   config = make_config(data_overrides, total_steps=60, batch_size=64)
   config.model.transformer.dropout_rate = 0.0
-  mesh = sharding.make_mesh(config.mesh)
   source = input_pipeline.get_source(config.dataset, config.train_split,
                                      data_dir=config.data_dir)
-  model = step_lib.create_model(config, source.num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-  tx, schedule = optim.make_optimizer(config, shapes['params'])
-  state, shardings = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
-  step = jax.jit(step_lib.make_train_step(model, tx, schedule, config),
-                 in_shardings=(shardings, sharding.batch_sharding(mesh)), donate_argnums=(0,))
-  ds = input_pipeline.train_dataset(config, source, config.batch_size)
+  job = job_for(config, source.num_classes)
+  state = job.init_state()
+  ds = input_pipeline.train_dataset(job.config, source, config.batch_size)
   losses = []
-  for batch in input_pipeline.prefetch_to_mesh(ds.take(60).as_numpy_iterator(),
-                                               sharding.batch_sharding(mesh)):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics['loss']))
+  with jax.set_mesh(job.mesh):
+    for batch in input_pipeline.prefetch_to_mesh(ds.take(60).as_numpy_iterator(),
+                                                 job.batch_sharding):
+      state, metrics = job.train_step(state, batch, None)
+      losses.append(float(metrics['loss']))
   assert np.isfinite(losses).all()
   assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.1, losses
 
@@ -60,15 +54,13 @@ def test_eval_counts_every_example_once(data_overrides):
   assert (masks[:300] == 1).all() and (masks[300:] == 0).all()
 
   # The jitted eval step's sums equal a NumPy reference on the same logits.
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, 10)
-  tx, _ = optim.make_optimizer(config, jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params'])
-  state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
+  job = job_for(config, 10)
+  state = job.init_state()
   state = state.replace(params=jax.tree.map(lambda p: p + 0.02 * jnp.sin(
       jnp.arange(p.size, dtype=jnp.float32).reshape(p.shape)), state.params))
-  metrics = evaluators.evaluate(jax.jit(step_lib.make_eval_step(model)), state,
-                                sharding.batch_sharding(mesh), (ds, num_batches))
+  model = job.model
+  with jax.set_mesh(job.mesh):
+    metrics = evaluators.evaluate(job.eval_step, state, job.batch_sharding, (ds, num_batches))
   images = np.concatenate([b['image'] for b in batches])[:300]
   labels = np.concatenate([b['label'] for b in batches])[:300]
   logits = np.asarray(model.apply({'params': state.params}, images))
@@ -122,41 +114,70 @@ def test_finetune_from_32px_checkpoint_at_48px(tmp_path, data_overrides):
   assert tuned['head']['kernel'].shape == (32, 12)
 
 
+def _one_step(config, batch, accum, steps=1):
+  """(state after `steps` steps at `accum_steps=accum`, the metrics of each, the initial
+  parameters)."""
+  config.accum_steps = accum
+  state, step = state_and_step(config, 10)
+  first_params, metrics = state.params, []
+  for _ in range(steps):
+    state, m = step(state, batch)
+    metrics.append(m)
+  return state, metrics, first_params
+
+
+def _assert_trees_close(a, b, atol):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=atol, rtol=0)
+
+
 def test_gradient_accumulation_equals_one_big_batch(data_overrides):
   config = make_config(data_overrides, batch_size=32)
   config.model.transformer.dropout_rate = 0.0
-  mesh = sharding.make_mesh(config.mesh)
-  model = step_lib.create_model(config, 10)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (32, 32, 32, 3)),
            'label': jnp.arange(32) % 10}
-  results, norms, opt_states = [], [], []
-  for accum in (1, 4):
-    config.accum_steps = accum
-    tx, schedule = optim.make_optimizer(config, shapes['params'])
-    state, _ = step_lib.init_state(config, model, tx, mesh, (32, 32, 3))
-    step = jax.jit(step_lib.make_train_step(model, tx, schedule, config))
-    first_params = state.params
-    state, metrics = step(state, batch)
-    norms.append(float(metrics['grad_norm']))
-    state, metrics = step(state, batch)
-    results.append(state.params)
-    opt_states.append(state.opt_state)
-  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-    np.testing.assert_allclose(a, b, atol=2e-5)
+  (one, one_metrics, first_params), (four, four_metrics, _) = (
+      _one_step(config, batch, accum, steps=2) for accum in (1, 4))
+  _assert_trees_close(one.params, four.params, atol=2e-5)
   # The same optimizer state, layout and values: no accumulator is kept, and a checkpoint resumes
   # under another accum_steps.
-  assert jax.tree.structure(opt_states[0]) == jax.tree.structure(opt_states[1])
-  for a, b in zip(jax.tree.leaves(opt_states[0]), jax.tree.leaves(opt_states[1])):
-    np.testing.assert_allclose(a, b, atol=2e-5)
+  _assert_trees_close(one.opt_state, four.opt_state, atol=2e-5)
   # The logged norm under accumulation is that of the averaged gradient (what
   # clip_by_global_norm sees), computed here directly on the whole batch.
+  model = step_lib.create_model(config, 10)
+
   def loss(params):
     logits = model.apply({'params': params}, batch['image'], train=False)
     return jnp.mean(step_lib.cross_entropy(logits, jax.nn.one_hot(batch['label'], 10)))
   grads = jax.grad(loss)(first_params)
   reference = float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))))
+  norms = [float(m[0]['grad_norm']) for m in (one_metrics, four_metrics)]
   np.testing.assert_allclose(norms, [reference, reference], rtol=1e-4)
+
+
+@pytest.mark.parametrize('skipped', [[3], [1, 5]], ids=['one image', 'a whole micro-batch'])
+def test_gradient_accumulation_with_skipped_images_equals_one_big_batch(data_overrides,
+                                                                        skipped):
+  """Issue 28: each micro-batch divided by its own count of images; rows 1 and 5 are the whole
+  second micro-batch of 4 (micro-batch j holds rows j, j + 4)."""
+  config = make_config(data_overrides, batch_size=8, grad_clip_norm=0.0)
+  config.model.transformer.dropout_rate = 0.0
+  config.optimizer.name = 'sgd'
+  config.lr.update(base=0.5, warmup_steps=0, decay_type='constant')
+  mask = np.ones(8, np.float32)
+  mask[skipped] = 0
+  batch = {'image': np.asarray(jax.random.normal(jax.random.PRNGKey(1), (8, 32, 32, 3))),
+           'label': np.arange(8, dtype=np.int32) % 10, 'mask': mask}
+  (one, one_metrics, first), (four, four_metrics, _) = (
+      _one_step(config, batch, accum) for accum in (1, 4))
+  moved = max(float(np.abs(a - b).max())
+              for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(first)))
+  assert moved > 1e-2  # The step is large enough to tell the two apart.
+  _assert_trees_close(one.params, four.params, atol=1e-6)
+  for key in ('loss', 'accuracy', 'grad_norm'):
+    np.testing.assert_allclose(four_metrics[0][key], one_metrics[0][key], rtol=1e-5)
+  assert int(four_metrics[0]['skipped']) == len(skipped)
 
 
 @pytest.mark.slow

@@ -44,52 +44,6 @@ _ATTENTION = flags.DEFINE_enum('attention', 'auto', ['auto', 'xla'], "'xla': no 
 _MAX_COMPILES = flags.DEFINE_integer('max_compiles', 12, 'Compile budget of --fit.')
 flags.mark_flags_as_required(['config', 'target'])
 
-GIB = 2**30
-
-
-def _gib(value):
-  return 'n/a' if value is None else f'{value / GIB:.2f} GiB'
-
-
-def format_report(report: compile_job.Report) -> str:
-  """The short human-readable report."""
-  b = report.per_device_bytes
-  lines = [f'{report.config["model_name"]} batch {report.config["batch_size"]} '
-           f'{report.config["dtype"]} on {report.target} ({report.devices} x '
-           f'{report.device_kind}, {_gib(report.device_memory_bytes)} each)',
-           f'fits: {report.fits}' + (f'  ({report.oom_message})' if report.oom_message else ''),
-           f'per device: params {_gib(b["params"])}, optimizer {_gib(b["optimizer"])}, '
-           f'temporaries {_gib(b["temporaries"])}, total {_gib(b["total"])}',
-           f'compile: {report.compile_seconds:.1f} s']
-  if report.flops_per_step:
-    lines.append(f'FLOPs per step: XLA {report.flops_per_step:.3e}, analytic model '
-                 f'{report.model_flops_per_step or 0:.3e}')
-  if report.estimated_step_seconds:
-    mfu = f', MFU {report.estimated_mfu:.1%}' if report.estimated_mfu else ''
-    lines.append(f'estimated step: {report.estimated_step_seconds * 1e3:.1f} ms{mfu} '
-                 f'(compiler estimate)')
-  else:
-    lines.append(f'no step-time estimate: {report.estimate_note}')
-  for kind, c in report.collectives.items():
-    lines.append(f'{kind}: {c["ops"]} ops ({c["ops_in_accumulation_loop"]} inside the '
-                 f'accumulation loop), {c["runs_per_step"]} runs, '
-                 f'{_gib(c["bytes_per_step"])} per step')
-  if report.fused_attention_kernels:
-    f = report.fused_attention_kernels
-    lines.append(f'cuDNN fused attention kernels: {f["forward"]} forward, {f["backward"]} '
-                 'backward')
-  if report.eval_step:
-    lines.append(f'eval step: fits {report.eval_step["fits"]}, total '
-                 f'{_gib(report.eval_step.get("total"))}')
-  if report.overrides:
-    lines.append('--fit chose: ' + ' '.join(f'--config.{k}={v!r}'
-                                             for k, v in report.overrides.items()))
-  if report.smaller_accum_steps:
-    lines.append(f'--fit: fewer accumulation steps than the configured '
-                 f'{report.config["accum_steps"]} fit too (fewer steps run faster): '
-                 f'--config.accum_steps={report.smaller_accum_steps}')
-  return '\n'.join(lines)
-
 
 def main(argv):
   if len(argv) > 1:
@@ -106,7 +60,7 @@ def main(argv):
   except targets.MissingExtraError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  print(format_report(report), flush=True)
+  print(compile_job.format_report(report), flush=True)
   if _JSON.value:
     with open(_JSON.value, 'w', encoding='utf-8') as f:
       f.write(report.to_json())

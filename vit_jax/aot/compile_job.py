@@ -61,6 +61,8 @@ class Report:
   attention: str = 'auto'  # 'xla': cuDNN flash attention was ruled out (for comparison).
   overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
   smaller_accum_steps: int | None = None  # --fit: fewer steps than configured that also fit.
+  # Where accum_steps micro-batches compute another step than one batch (BatchNorm), in words.
+  accumulation_caveats: list[str] = dataclasses.field(default_factory=list)
   executable_path: str | None = None
 
   def to_json(self) -> str:
@@ -263,7 +265,7 @@ def compile_for_target(config: ml_collections.ConfigDict, target_name: str, *,
       fused_attention_kernels=analysis['fused_attention_kernels'],
       while_loops=analysis['while_loops'], compile_seconds=round(compile_seconds, 2),
       eval_step=eval_report, config=summary(settings), attention=attention,
-      executable_path=executable_path)
+      executable_path=executable_path, accumulation_caveats=job.accumulation_caveats())
   count_eval_step(report)
   return report
 
@@ -311,3 +313,48 @@ def _save_executable(compiled: Any, path: str) -> bool:
   with open(path, 'wb') as f:
     pickle.dump(payload, f)
   return True
+
+
+def _gib(value: int | None) -> str:
+  return 'n/a' if value is None else f'{value / 2**30:.2f} GiB'
+
+
+def format_report(report: Report) -> str:
+  """The short human-readable report."""
+  b = report.per_device_bytes
+  lines = [f'{report.config["model_name"]} batch {report.config["batch_size"]} '
+           f'{report.config["dtype"]} on {report.target} ({report.devices} x '
+           f'{report.device_kind}, {_gib(report.device_memory_bytes)} each)',
+           f'fits: {report.fits}' + (f'  ({report.oom_message})' if report.oom_message else ''),
+           f'per device: params {_gib(b["params"])}, optimizer {_gib(b["optimizer"])}, '
+           f'temporaries {_gib(b["temporaries"])}, total {_gib(b["total"])}',
+           f'compile: {report.compile_seconds:.1f} s']
+  if report.flops_per_step:
+    lines.append(f'FLOPs per step: XLA {report.flops_per_step:.3e}, analytic model '
+                 f'{report.model_flops_per_step or 0:.3e}')
+  if report.estimated_step_seconds:
+    mfu = f', MFU {report.estimated_mfu:.1%}' if report.estimated_mfu else ''
+    lines.append(f'estimated step: {report.estimated_step_seconds * 1e3:.1f} ms{mfu} '
+                 f'(compiler estimate)')
+  else:
+    lines.append(f'no step-time estimate: {report.estimate_note}')
+  for kind, c in report.collectives.items():
+    lines.append(f'{kind}: {c["ops"]} ops ({c["ops_in_accumulation_loop"]} inside the '
+                 f'accumulation loop), {c["runs_per_step"]} runs, '
+                 f'{_gib(c["bytes_per_step"])} per step')
+  if report.fused_attention_kernels:
+    f = report.fused_attention_kernels
+    lines.append(f'cuDNN fused attention kernels: {f["forward"]} forward, {f["backward"]} '
+                 'backward')
+  if report.eval_step:
+    lines.append(f'eval step: fits {report.eval_step["fits"]}, total '
+                 f'{_gib(report.eval_step.get("total"))}')
+  if report.overrides:
+    lines.append('--fit chose: ' + ' '.join(f'--config.{k}={v!r}'
+                                             for k, v in report.overrides.items()))
+  if report.smaller_accum_steps:
+    lines.append(f'--fit: fewer accumulation steps than the configured '
+                 f'{report.config["accum_steps"]} fit too (fewer steps run faster): '
+                 f'--config.accum_steps={report.smaller_accum_steps}')
+  lines.extend(f'caveat: {caveat}' for caveat in report.accumulation_caveats)
+  return '\n'.join(lines)

@@ -1,8 +1,10 @@
 """Fit before launch: the cheapest variant of a config that fits the target's memory.
 
 Only knobs that leave the optimizer step's mathematics alone are searched: gradient accumulation
-(`accum_steps`, the same mean gradient over the same batch), rematerialization of the encoder
-blocks (`model.transformer.remat`, recomputed activations) and FSDP sharding rules (`sharding_rules`:
+(`accum_steps`: the same gradient of the same batch, skipped images and mixup included, except
+that BatchNorm normalises each micro-batch by its own statistics, which the report and the log
+say: `Report.accumulation_caveats`), rematerialization of the encoder blocks
+(`model.transformer.remat`, recomputed activations) and FSDP sharding rules (`sharding_rules`:
 parameters and optimizer state split over the data axis). Layer scan is left as configured: it
 changes the parameter tree (stacked `encoderblock`), hence checkpoints.
 
@@ -119,6 +121,8 @@ def fit(config: ml_collections.ConfigDict, target_name: str, max_compiles: int =
         continue
       chosen = Variant(accum, remat, fsdp)
       print(f'[fit] fits: {report.overrides or "as configured"}', file=log, flush=True)
+      for caveat in report.accumulation_caveats:  # accum_steps > 1 with BatchNorm.
+        print(f'[fit] caveat: {caveat}', file=log, flush=True)
       if accum == accums[0] and accum > 1:
         report.smaller_accum_steps = search.fewest_accum_steps(chosen, units)
       return report

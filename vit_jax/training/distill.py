@@ -23,18 +23,18 @@ from vit_jax.models import loader
 from vit_jax.models import outputs
 
 
-def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
-                      teacher_logits: jax.Array, kind: str = 'hard', alpha: float = 0.5,
-                      temperature: float = 1.0, weights: jax.Array | None = None
-                      ) -> jax.Array:
-  """Mean of (1 - alpha) * CE(cls, targets) + alpha * the distillation term.
+def per_example_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: jax.Array,
+                     teacher_logits: jax.Array, kind: str = 'hard', alpha: float = 0.5,
+                     temperature: float = 1.0) -> jax.Array:
+  """(1 - alpha) * CE(cls, targets) + alpha * the distillation term, per example (B,).
 
-  `weights` (B,) of 0 or 1: the mean over the examples of weight 1 (those the input pipeline
-  decoded), bit-identical to the plain mean when all are 1.
+  The train step takes their weighted mean over the whole batch (`step.forward_backward`), as
+  for every loss, so that skipped images and accumulation are handled in one place.
 
   'hard': CE(dist, one-hot argmax of the teacher) — the paper's best. 'soft': DeiT's
   `kl_div(..., reduction='sum') * T^2 / numel`, i.e. T^2 * KL(softmax(teacher / T) ||
-  softmax(dist / T)) summed over the batch and divided by batch x classes (B * K), not by B.
+  softmax(dist / T)) summed over the batch and divided by batch x classes (B * K), not by B:
+  per example, KL / K, whose batch mean is DeiT's sum / (B * K).
   """
   teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
   base = optax.softmax_cross_entropy(cls_logits.astype(jnp.float32), targets)
@@ -43,15 +43,11 @@ def distillation_loss(cls_logits: jax.Array, dist_logits: jax.Array, targets: ja
     distill = optax.softmax_cross_entropy(dist_logits.astype(jnp.float32), teacher_labels)
   elif kind == 'soft':
     t = temperature
-    # Per example KL / K, so that the batch mean below is DeiT's sum / (B * K).
     distill = t**2 / dist_logits.shape[-1] * optax.kl_divergence(
         jax.nn.log_softmax(dist_logits.astype(jnp.float32) / t), jax.nn.softmax(teacher_logits / t))
   else:
     raise ValueError(f"Unknown config.distillation.kind {kind!r}; expected 'hard' or 'soft'")
-  per_example = (1. - alpha) * base + alpha * distill
-  if weights is None:
-    return jnp.mean(per_example)
-  return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.)
+  return (1. - alpha) * base + alpha * distill
 
 
 def student_logits(named: Mapping[str, jax.Array], model: nn.Module

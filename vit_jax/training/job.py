@@ -19,6 +19,7 @@ import ml_collections
 import optax
 
 from vit_jax import models
+from vit_jax.training import accumulation
 from vit_jax.training import optim
 from vit_jax.training import sharding
 from vit_jax.training import step as step_lib
@@ -66,6 +67,12 @@ class Job:
     return {'image': shaped((batch_size, *self.image_shape), jnp.float32),
             'label': shaped((batch_size,), jnp.int32),
             'mask': shaped((batch_size,), jnp.float32)}
+
+  def accumulation_caveats(self) -> list[str]:
+    """What the job's `accum_steps` micro-batches compute differently from one batch of
+    `batch_size` (`accumulation.caveats`); empty where they compute the same step."""
+    return accumulation.caveats(self.config.model_name, self.abstract_state().model_state,
+                                self.config.accum_steps)
 
   def compile_train_step(self) -> Any:
     """The train step compiled for the mesh's devices from shapes alone."""

@@ -17,8 +17,9 @@ import optax
 
 from vit_jax import models
 from vit_jax.models import outputs
+from vit_jax.training import accumulation
 from vit_jax.training import distill
-from vit_jax.training import mixup
+from vit_jax.training import mixup as mixup_lib
 from vit_jax.training import sharding
 
 
@@ -60,15 +61,22 @@ def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 LOSSES = {'softmax_xent': cross_entropy, 'sigmoid_xent': sigmoid_cross_entropy}
 
 
-def weighted_mean(values: jax.Array, weights: jax.Array | None) -> jax.Array:
-  """The mean of `values` over the examples of weight 1 (over all where `weights` is None).
+def weighted_sum(values: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """The sum of `values` (float32) over the examples of weight 1 (over all where None)."""
+  values = values.astype(jnp.float32)
+  return jnp.sum(values) if weights is None else jnp.sum(values * weights)
 
-  With every weight 1 it is bit-identical to `jnp.mean` (x * 1 is exact, the ones sum to B); a
-  batch of weight 0 alone gives 0, not NaN.
+
+def batch_weight(weights: jax.Array | None, batch_size: int) -> jax.Array:
+  """What a batch's weighted sums are divided by: its examples of weight 1, at least 1 (a
+  batch of weight 0 alone gives 0, not NaN), or `batch_size` where there are no weights.
+
+  Computed over the whole batch, never a micro-batch, so that every `accum_steps` divides by the
+  same number. With every weight 1, sum / weight is bit-identical to `jnp.mean`.
   """
   if weights is None:
-    return jnp.mean(values)
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.)
+    return jnp.float32(batch_size)
+  return jnp.maximum(jnp.sum(weights), 1.)
 
 
 def loss_for(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
@@ -96,140 +104,196 @@ def mirror_skipped(x: jax.Array, keep: jax.Array, units: int) -> jax.Array:
   return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 1)), x, mirrored)
 
 
+def prepare_batch(batch: dict[str, jax.Array], rng: jax.Array, *, num_classes: int,
+                  label_smoothing: float = 0., mixup: Any = None, units: int = 1
+                  ) -> dict[str, jax.Array]:
+  """The whole batch as the loss sees it: 'image', 'label', 'targets' and (if given) 'mask'.
+
+  A batch's optional 'mask' marks the examples the input pipeline could not decode (0); before
+  mixup, BatchNorm or the teacher see them each takes the image and label of a mirror partner.
+  With mixup (`mixup`: `mixup.mix`'s settings) that is row B - 1 - i, the one mixup pairs it
+  with, so a skipped image's zeros reach no other example: its partner is mixed with a copy of
+  itself. Without mixup it is the mirror row within each of the `units` device blocks
+  (`mirror_skipped`), which moves nothing between devices. Targets are one-hot, smoothed by
+  `label_smoothing`, then mixed with the images (`rng`). Done once for the whole batch, before
+  any split into micro-batches, so that the pairs and the coefficient are those of one batch.
+  """
+  images, labels, weights = batch['image'], batch['label'], batch.get('mask')
+  if weights is not None:
+    blocks = 1 if mixup else units  # Mixup's partner is the whole batch's mirror.
+    images, labels = (mirror_skipped(x, weights > 0, blocks) for x in (images, labels))
+  targets = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  if mixup:
+    images, targets = mixup_lib.mix(rng, images, targets, **mixup)
+  examples = {'image': images, 'label': labels, 'targets': targets}
+  if weights is not None:
+    examples['mask'] = weights
+  return examples
+
+
+# (logits, named outputs, targets, teacher logits or None) -> per-example losses (B,).
+Objective = Callable[[jax.Array, dict[str, jax.Array], jax.Array, jax.Array | None], jax.Array]
+
+
+def objective_for(config: ml_collections.ConfigDict, model: nn.Module,
+                  teacher: nn.Module | None = None) -> Objective:
+  """The per-example loss the train step minimises: `config.loss`, or with a DeiT `teacher`
+  `distill.per_example_loss` (`config.distillation`).
+
+  Raises:
+    ValueError: a teacher without `config.distillation`; at trace time, a distilled model
+      without a teacher (or a teacher without a distilled model).
+  """
+  distillation = config.distillation
+  if teacher is not None and not distillation:
+    raise ValueError('A teacher was given but config.distillation is not set')
+  per_example_loss = loss_for(config.loss)
+
+  def objective(logits, named, targets, teacher_logits):
+    if teacher_logits is not None:
+      cls_logits, dist_logits = distill.student_logits(named, model)
+      return distill.per_example_loss(
+          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.kind,
+          alpha=distillation.alpha, temperature=distillation.temperature)
+    if outputs.DIST_LOGITS in named:
+      raise ValueError('A distilled model needs a teacher (config.distillation)')
+    return per_example_loss(logits, targets)
+
+  return objective
+
+
+def forward_backward(model: nn.Module, params: Any, model_state: Any,
+                     examples: dict[str, jax.Array], rng: jax.Array, *, objective: Objective,
+                     total_weight: jax.Array, rules: Any = (), teacher: nn.Module | None = None,
+                     teacher_variables: Any = None) -> tuple[Any, Any, dict[str, jax.Array]]:
+  """One (micro-)batch's share of the whole batch's loss, and its gradients.
+
+  Args:
+    model: the trained model, applied with `train=True`.
+    params: what is differentiated.
+    model_state: the other collections (BatchNorm's `batch_stats`), updated by the call.
+    examples: `prepare_batch`'s output, or a micro-batch of it.
+    rng: the dropout key.
+    objective: per-example losses (`objective_for`).
+    total_weight: the whole batch's `batch_weight`: the loss is the weighted sum of this
+      (micro-)batch's per-example losses over it, so micro-batches' losses and gradients add up
+      to the whole batch's.
+    rules: flax logical-axis rules for the activations.
+    teacher: a frozen DeiT teacher: it sees the same (mixed) images; only its logits enter the
+      loss.
+    teacher_variables: its variables.
+
+  Returns:
+    (gradients, new model state, {'loss', 'accuracy'}: shares of the whole batch's).
+  """
+  images, weights = examples['image'], examples.get('mask')
+  teacher_logits = None
+  if teacher is not None:
+    with nn.logical_axis_rules(rules):
+      teacher_logits = jax.lax.stop_gradient(
+          teacher.apply(teacher_variables, images, train=False))
+
+  def loss_fn(params):
+    with nn.logical_axis_rules(rules):
+      logits, named, new_state = models.apply_with_outputs(
+          model, {'params': params, **model_state}, images, train=True,
+          rngs={'dropout': rng}, mutable=list(model_state))
+    loss = objective(logits, named, examples['targets'], teacher_logits)
+    loss = weighted_sum(loss, weights) / total_weight
+    hits = jnp.argmax(logits, -1) == examples['label']
+    return loss, (weighted_sum(hits, weights) / total_weight, new_state)
+
+  (loss, (accuracy, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return grads, new_state, {'loss': loss, 'accuracy': accuracy}
+
+
+def ema_update(new: Any, old: Any, decay: float) -> Any:
+  """decay * old + (1 - decay) * new for every float leaf; other leaves (counters) take the new
+  value.
+
+  As timm's ModelEmaV3, which lerps the floating-point entries of the state dict (parameters
+  and BatchNorm statistics) and copies the rest.
+  """
+  def leaf(n, o):
+    if not jnp.issubdtype(n.dtype, jnp.floating):
+      return n
+    return optax.incremental_update(n, o, 1. - decay)
+  return jax.tree.map(leaf, new, old)
+
+
+def step_keys(step_rng: jax.Array, accum_steps: int) -> tuple[jax.Array, jax.Array]:
+  """(the mixup key of the whole batch, one dropout key per micro-batch) of a step's key.
+
+  Micro-batch j has key k_j (the step's key itself without accumulation, else its j-th split),
+  split into two: the second is its dropout key; the first of k_0 mixes the whole batch.
+  """
+  if accum_steps == 1:
+    mix_rng, dropout_rng = jax.random.split(step_rng)
+    return mix_rng, dropout_rng[None]
+  keys = jax.random.split(step_rng, accum_steps)
+  return jax.random.split(keys[0])[0], jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config: ml_collections.ConfigDict,
                     mesh: jax.sharding.Mesh | None = None, teacher: nn.Module | None = None,
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-  """The (un-jitted) train step: `accum_steps` micro-batches, one optimizer step.
+  """The (un-jitted) train step: `config.accum_steps` micro-batches, one optimizer step.
 
-  With `accum_steps` > 1 the step sums the micro-batches' gradients and applies `tx` once to
-  their mean.
-
-  A batch's optional 'mask' marks the examples the input pipeline could not decode (0): they
-  weigh nothing in the loss, the accuracy or (with `accum_steps`) their micro-batch's mean, and
-  before mixup, BatchNorm or the teacher see them each takes the image and label of a mirror
-  partner. With mixup that is row B - 1 - i, the one mixup pairs it with, so a skipped image's
-  zeros reach no other example: its partner is mixed with a copy of itself. Without mixup it is
-  the mirror row within the device's block of the batch (`mirror_skipped`), which moves nothing
-  between devices. The 'skipped' metric counts them.
+  The whole batch is prepared once (`prepare_batch`: skipped rows, targets, mixup), its loss
+  computed in `accum_steps` micro-batches (`forward_backward`, `accumulation.accumulate`) that
+  add up to the whole batch's loss and gradient, `tx` applied once, and the weight EMA updated
+  (`ema_update`). Skipped examples (mask 0) weigh nothing in the loss or the accuracy, whatever
+  micro-batch they fall in; the 'skipped' metric counts them.
 
   `train_step(state, batch)`, or with a DeiT `teacher` `train_step(state, batch,
-  teacher_variables)`: the frozen teacher sees the same (mixed) images, and only its logits enter
-  the loss. With `mesh`, activations are constrained by `sharding.activation_rules`; the step
-  must then be traced under `jax.set_mesh(mesh)`.
+  teacher_variables)`. With `mesh`, activations are constrained by `sharding.activation_rules`;
+  the step must then be traced under `jax.set_mesh(mesh)`.
   """
   rules = _activation_rules(mesh)
   units = 1 if mesh is None else sharding.batch_size_per_unit(mesh)
   accum = int(config.accum_steps)
-  smoothing = float(config.label_smoothing)
-  mixup_config = config.mixup
-  distillation = config.distillation
-  per_example_loss = loss_for(config.loss)
-  if teacher is not None and not distillation:
-    raise ValueError('A teacher was given but config.distillation is not set')
-
-  def targets_for(labels):
-    targets = jax.nn.one_hot(labels, model.num_classes)
-    return optax.smooth_labels(targets, smoothing) if smoothing else targets
-
-  def loss_fn(params, model_state, images, targets, labels, weights, teacher_logits,
-              dropout_rng):
-    with nn.logical_axis_rules(rules):
-      logits, named, new_model_state = models.apply_with_outputs(
-          model, {'params': params, **model_state}, images, train=True,
-          rngs={'dropout': dropout_rng}, mutable=list(model_state))
-    if teacher_logits is not None:
-      cls_logits, dist_logits = distill.student_logits(named, model)
-      loss = distill.distillation_loss(
-          cls_logits, dist_logits, targets, teacher_logits, kind=distillation.kind,
-          alpha=distillation.alpha, temperature=distillation.temperature, weights=weights)
-    elif outputs.DIST_LOGITS in named:
-      raise ValueError('A distilled model needs a teacher (config.distillation)')
-    else:
-      loss = weighted_mean(per_example_loss(logits, targets), weights)
-    accuracy = weighted_mean(jnp.argmax(logits, -1) == labels, weights)
-    return loss, (accuracy, new_model_state)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  objective = objective_for(config, model, teacher)
   ema_decay = float(config.ema_decay)
+  bn_momentum = getattr(model, 'bn_momentum', None)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_variables: Any = None):
-    def forward_backward(params, model_state, xs):
-      images, labels, weights, rng = xs
-      mix_rng, dropout_rng = jax.random.split(rng)
-      if weights is not None:
-        blocks = 1 if mixup_config else units  # Mixup's partner is the whole batch's mirror.
-        images, labels = (mirror_skipped(x, weights > 0, blocks) for x in (images, labels))
-      targets = targets_for(labels)
-      if mixup_config:
-        images, targets = mixup.mix(mix_rng, images, targets, **mixup_config)
-      teacher_logits = None
-      if teacher is not None:
-        with nn.logical_axis_rules(rules):
-          teacher_logits = jax.lax.stop_gradient(
-              teacher.apply(teacher_variables, images, train=False))
-      (loss, (accuracy, model_state)), grads = grad_fn(
-          params, model_state, images, targets, labels, weights, teacher_logits, dropout_rng)
-      return grads, model_state, {'loss': loss, 'accuracy': accuracy}
+    mix_rng, dropout_rngs = step_keys(jax.random.fold_in(state.rng, state.step), accum)
+    examples = prepare_batch(batch, mix_rng, num_classes=model.num_classes,
+                             label_smoothing=float(config.label_smoothing),
+                             mixup=config.mixup, units=units)
+    total_weight = batch_weight(examples.get('mask'), examples['image'].shape[0])
 
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    images, labels, weights = batch['image'], batch['label'], batch.get('mask')
-    params, opt_state = state.params, state.opt_state
+    def micro_step(params, model_state, micro, rng):
+      return forward_backward(model, params, model_state, micro, rng, objective=objective,
+                              total_weight=total_weight, rules=rules, teacher=teacher,
+                              teacher_variables=teacher_variables)
+
     if accum == 1:
-      grads, model_state, metrics = forward_backward(
-          params, state.model_state, (images, labels, weights, step_rng))
-      updates, opt_state = tx.update(grads, opt_state, params)
+      grads, model_state, metrics = micro_step(state.params, state.model_state, examples,
+                                               dropout_rngs[0])
     else:
-      # Micro-batch j takes rows j, j + k, j + 2k, ...: every device's block of the sharded batch
-      # holds rows of every micro-batch, so all devices work in every micro-step.
-      def split(x):
-        x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
-        return jnp.swapaxes(x, 0, 1)
-
-      def micro_step(carry, xs):
-        grad_sum, model_state = carry
-        grads, model_state, metrics = forward_backward(params, model_state, xs)
-        return (jax.tree.map(jnp.add, grad_sum, grads), model_state), metrics
-
-      # The loop only sums gradients, so XLA can reduce them across devices once, after it,
-      # rather than once per micro-batch; the optimizer then runs once, on their mean.
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (grad_sum, model_state), metrics = jax.lax.scan(
-          micro_step, (zeros, state.model_state),
-          (split(images), split(labels), None if weights is None else split(weights),
-           jax.random.split(step_rng, accum)))
-      grads = jax.tree.map(lambda g: g / accum, grad_sum)
-      metrics = jax.tree.map(jnp.mean, metrics)
-      updates, opt_state = tx.update(grads, opt_state, params)
-    # The averaged gradient is what clipping sees, so its norm is the one to log.
-    metrics['grad_norm'] = optax.global_norm(grads)
-    params = optax.apply_updates(params, updates)
+      grads, model_state, metrics = accumulation.accumulate(
+          micro_step, state.params, state.model_state, examples, dropout_rngs, bn_momentum)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.global_norm(grads)  # What clipping sees.
     metrics['learning_rate'] = schedule(state.step)
-    if weights is not None:
-      metrics['skipped'] = jnp.sum(weights == 0)
+    if 'mask' in examples:
+      metrics['skipped'] = jnp.sum(examples['mask'] == 0)
     ema_params, ema_model_state = state.ema_params, state.ema_model_state
     if ema_params is not None:
-      ema_params = optax.incremental_update(params, ema_params, 1. - ema_decay)
+      ema_params = ema_update(params, ema_params, ema_decay)
     if ema_model_state is not None:
-      ema_model_state = jax.tree.map(lambda new, old: ema_update(new, old, ema_decay),
-                                     model_state, ema_model_state)
+      ema_model_state = ema_update(model_state, ema_model_state, ema_decay)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=model_state, ema_params=ema_params,
                               ema_model_state=ema_model_state)
     return new_state, metrics
 
   return train_step
-
-
-def ema_update(new: jax.Array, old: jax.Array, decay: float) -> jax.Array:
-  """decay * old + (1 - decay) * new for floats; other leaves (counters) take the new value.
-
-  As timm's ModelEmaV3, which lerps the floating-point entries of the state dict and copies the
-  rest.
-  """
-  if not jnp.issubdtype(new.dtype, jnp.floating):
-    return new
-  return optax.incremental_update(new, old, 1. - decay)
 
 
 def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
@@ -260,21 +324,6 @@ def make_eval_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
     }
 
   return eval_step
-
-
-def init_state(config: ml_collections.ConfigDict, model: nn.Module,
-               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-               image_shape: tuple[int, int, int], params: Any | None = None,
-               model_state: Any | None = None) -> tuple[TrainState, Any]:
-  """Initialises (or wraps given `params` into) a TrainState laid out on `mesh`.
-
-  Given `params` (a pre-trained checkpoint) are the state's only parameters; given `model_state`
-  (e.g. its BatchNorm statistics) replaces the fresh collections of the same names.
-  Returns (state, state_shardings). Parameters are created directly in their sharded layout.
-  """
-  make, shardings = state_factory(config, model, tx, mesh, image_shape, params, model_state)
-  state = jax.jit(make, out_shardings=shardings)(seed_key(config.seed), params, model_state)
-  return state, shardings
 
 
 def seed_key(seed: int) -> jax.Array:

@@ -158,6 +158,8 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
   logging.info('Training %s on %s for %d steps (from step %d), global batch %d, mesh %s',
                config.model_name, config.dataset, total_steps, start_step, config.batch_size,
                dict(mesh.shape))
+  for caveat in job.accumulation_caveats():  # E.g. BatchNorm: not one big batch's step.
+    logging.warning('%s', caveat)
   history, pending = [], None
   tick, tick_step, start_time = time.time(), start_step, time.time()
   train_metrics: dict[str, float] = {}
