@@ -52,7 +52,7 @@ def class_names(num_classes: int, labels_file: str | None = None,
   A labels file wins over the names of the model card, which win over the built-in lists.
   """
   if labels_file:
-    names = list(labels_lib.read_labels(labels_file))
+    names = list(labels_lib.parse_labels(paths_lib.read_text(labels_file), labels_file))
     if len(names) != num_classes:
       raise ValueError(f'{labels_file} names {len(names)} classes, but the head has '
                        f'{num_classes}')
@@ -153,8 +153,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('top_k', 5, 'Number of classes to print per image.')
   flags.DEFINE_integer('image_size', None,
                        'Input resolution; default: the one the checkpoint was trained at.')
-  flags.DEFINE_string('labels', None, 'Text file with one class name per line, overriding the '
-                      'built-in names.')
+  flags.DEFINE_string('labels', None, 'Text file with one class name per line (local or '
+                      'gs://...), overriding the built-in names.')
   flags.DEFINE_enum('activation', 'auto', ['auto', 'softmax', 'sigmoid'],
                     'Logits to scores. auto: sigmoid for 21,843-class heads (ImageNet-21k '
                     'pre-training is multi-label, trained with sigmoid cross-entropy), softmax '

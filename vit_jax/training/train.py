@@ -84,9 +84,15 @@ def _log_file(folder: str) -> Iterator[None]:
     handler.close()
 
 
+# Libraries whose INFO records come with every save or remote read (Orbax; fsspec's read-ahead).
+_CHATTY = ('/orbax/', '/fsspec/', '/gcsfs/')
+
+
 def _quiet_libraries(record: py_logging.LogRecord) -> bool:
-  """Keeps Orbax's per-save INFO chatter out of the console and the log file."""
-  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+  """Keeps the per-save and per-read INFO chatter of `_CHATTY` libraries out of the console and
+  the log file."""
+  return record.levelno >= py_logging.WARNING or not any(
+      library in record.pathname for library in _CHATTY)
 
 
 def _check_finite(step: int, loss: jax.Array) -> None:
@@ -119,7 +125,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     preemption.Preempted: a preemption notice stopped the job after saving a checkpoint.
   """
   paths.probe_writable(workdir)  # Every host, before anything else: fail now, not in an hour.
-  with staging_lib.Staging(workdir) as staging, _log_file(staging.folder):
+  # A SIGTERM from here on (during set-up and compilation too) saves the first step it can.
+  with staging_lib.Staging(workdir) as staging, _log_file(staging.folder), \
+      preemption_lib.Preemption() as preemption:
     for name, path in (('pretrained_path', config.pretrained_path),
                        ('distillation.teacher_path',
                         config.distillation.teacher_path if config.distillation else None)):
@@ -134,9 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     settings = settings_lib.prepare(config, settings_lib.DataFacts(
         num_classes=train_source.num_classes,
         train_examples=train_source.num_examples * jax.process_count()), mesh)
-    with jax.set_mesh(mesh), preemption_lib.Preemption() as preemption:
+    with jax.set_mesh(mesh):
       return _train_and_evaluate(settings, workdir, mesh, train_source,
-                                 train_data or input_pipeline.train_dataset, staging, preemption)
+                                 train_data or input_pipeline.train_dataset, staging,
+                                 preemption)
 
 
 def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
@@ -223,7 +232,6 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
       if skipped_images:
         logging.info('step %d: %d training images skipped so far (undecodable)', step,
                      skipped_images)
-      staging.sync()
       tick, tick_step = time.time(), step
 
     for evaluator in evaluators:
@@ -245,7 +253,7 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
         writer.flush()
         raise preemption_lib.Preempted(step, workdir)
       writer.flush()
-      staging.sync(force=True)
+      staging.request()  # The log and events as of this checkpoint, copied in the background.
   manager.wait_until_finished()
   writer.close()
 
