@@ -173,3 +173,16 @@ def test_a_missing_hub_repo_fails_before_the_first_step(hub_home, tmp_path, data
                      'local cache'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_visualize_by_hub_name(hub_home, tmp_path):
+  """`visualize posemb` of a Hub name draws what it draws for the same file by its local path."""
+  figures = {}
+  for where, checkpoint_arg in (('hub', f'--checkpoint=hf-hub:{TIMM}'),
+                                ('local', f'--checkpoint={hub.fetch(f"hf://{TIMM}").path}')):
+    output = tmp_path / f'{where}.png'
+    out = tool('visualize', 'posemb', checkpoint_arg, '--model=ViT-Ti_16',
+               f'--output={output}').stdout
+    assert f'Wrote {output}' in out
+    figures[where] = np.asarray(Image.open(output))
+  np.testing.assert_array_equal(figures['hub'], figures['local'])
