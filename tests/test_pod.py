@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from helpers import REPO, write_eval_pngs
@@ -178,6 +179,35 @@ def test_the_export_on_gs_is_read_by_classify_and_fewshot(killed_run, reference,
   assert lines[first + 1:first + 4] == lines[lines.index(remote_image) + 1:][:3]
   assert [line.split(':')[0] for line in probed] == ['fewshot_1shot', 'fewshot_2shot']
   assert outputs['gs'] == outputs['local']
+
+
+def test_convert_and_visualize_read_and_write_gs(killed_run, reference, tmp_path, timm):
+  """`convert` (with `--check`, parity against timm) and `visualize` with every path on gs://."""
+  del timm  # --check needs it.
+  workdir, _, _ = killed_run
+  tools = 'gs://test-bucket/tools'
+  out = run([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={workdir}/model.npz',
+             f'--to={tools}/model.safetensors', '--check'], tmp_path / 'to_timm')
+  delta = float(re.search(r'--check: max \|outputs\(ours\) - outputs\(timm\)\| = (\S+)',
+                          out).group(1))
+  assert delta < 1e-4, out
+  run([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={tools}/model.safetensors',
+       f'--to={tools}/back.npz'], tmp_path / 'back')
+  assert_bit_identical(flat_export(tools, 'back.npz'), flat_export(reference))  # Round trip.
+
+  figures = {}
+  for where, model, output in (('gs', f'{workdir}/model.npz', f'{tools}/posemb.png'),
+                               ('local', reference / 'model.npz', tmp_path / 'posemb.png')):
+    run([sys.executable, '-m', 'vit_jax.tools.visualize', 'posemb', f'--checkpoint={model}',
+         f'--output={output}'], tmp_path / f'posemb_{where}')
+    with paths.open_read(str(output)) as f:
+      figures[where] = np.asarray(Image.open(f))
+  np.testing.assert_array_equal(figures['gs'], figures['local'])
+  out = run([sys.executable, '-m', 'vit_jax.tools.visualize', 'curves', f'--workdir={workdir}',
+             f'--output={tools}/curves.png'], tmp_path / 'curves')
+  assert f'Wrote {tools}/curves.png' in out
+  with paths.open_read(f'{tools}/curves.png') as f:
+    assert Image.open(f).format == 'PNG'
 
 
 def test_finetuning_from_a_pretrained_file_on_gs(gcs_server, reference, tmp_path,
