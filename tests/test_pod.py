@@ -89,6 +89,17 @@ def run(args, folder, **env):
   return process.output()
 
 
+def tool(args, folder):
+  """A command-line tool in a subprocess in `folder`: its standard output (its logs, on standard
+  error, are left out)."""
+  folder.mkdir(parents=True, exist_ok=True)
+  pythonpath = os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')])
+  result = subprocess.run(args, cwd=folder, capture_output=True, text=True, check=False,
+                          env={**os.environ, 'PYTHONPATH': pythonpath, 'TMPDIR': str(folder)})
+  assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+  return result.stdout
+
+
 def flat_export(workdir, name='model.npz'):
   return checkpoint.flatten(checkpoint.load(paths.join(str(workdir), name)))
 
@@ -160,9 +171,9 @@ def test_the_export_on_gs_is_read_by_classify_and_fewshot(killed_run, reference,
   paths.write_bytes(remote_image, open(images[0], 'rb').read())
   outputs = {}
   for where, model in (('gs', f'{workdir}/model.npz'), ('local', reference / 'model.npz')):
-    classified = run([sys.executable, '-m', 'vit_jax.tools.classify', f'--checkpoint={model}',
+    classified = tool([sys.executable, '-m', 'vit_jax.tools.classify', f'--checkpoint={model}',
                       '--top_k=3', *images, remote_image], tmp_path / f'classify_{where}')
-    probed = run([sys.executable, '-m', 'vit_jax.tools.fewshot', f'--checkpoint={model}',
+    probed = tool([sys.executable, '-m', 'vit_jax.tools.fewshot', f'--checkpoint={model}',
                   f'--dataset={data_overrides["dataset"]}',
                   f'--data_dir={data_overrides["data_dir"]}', '--train_split=train[:100]',
                   '--test_split=test[:30]', '--shots=1,2', '--num_seeds=1', '--batch_size=50'],
@@ -186,24 +197,24 @@ def test_convert_and_visualize_read_and_write_gs(killed_run, reference, tmp_path
   del timm  # --check needs it.
   workdir, _, _ = killed_run
   tools = 'gs://test-bucket/tools'
-  out = run([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={workdir}/model.npz',
+  out = tool([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={workdir}/model.npz',
              f'--to={tools}/model.safetensors', '--check'], tmp_path / 'to_timm')
   delta = float(re.search(r'--check: max \|outputs\(ours\) - outputs\(timm\)\| = (\S+)',
                           out).group(1))
   assert delta < 1e-4, out
-  run([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={tools}/model.safetensors',
+  tool([sys.executable, '-m', 'vit_jax.tools.convert', f'--from={tools}/model.safetensors',
        f'--to={tools}/back.npz'], tmp_path / 'back')
   assert_bit_identical(flat_export(tools, 'back.npz'), flat_export(reference))  # Round trip.
 
   figures = {}
   for where, model, output in (('gs', f'{workdir}/model.npz', f'{tools}/posemb.png'),
                                ('local', reference / 'model.npz', tmp_path / 'posemb.png')):
-    run([sys.executable, '-m', 'vit_jax.tools.visualize', 'posemb', f'--checkpoint={model}',
+    tool([sys.executable, '-m', 'vit_jax.tools.visualize', 'posemb', f'--checkpoint={model}',
          f'--output={output}'], tmp_path / f'posemb_{where}')
     with paths.open_read(str(output)) as f:
       figures[where] = np.asarray(Image.open(f))
   np.testing.assert_array_equal(figures['gs'], figures['local'])
-  out = run([sys.executable, '-m', 'vit_jax.tools.visualize', 'curves', f'--workdir={workdir}',
+  out = tool([sys.executable, '-m', 'vit_jax.tools.visualize', 'curves', f'--workdir={workdir}',
              f'--output={tools}/curves.png'], tmp_path / 'curves')
   assert f'Wrote {tools}/curves.png' in out
   with paths.open_read(f'{tools}/curves.png') as f:
