@@ -95,10 +95,15 @@ def test_a_missing_repo_or_file_names_it_and_what_the_repo_holds(hub_home, tmp_p
 
 
 @pytest.mark.parametrize('repo, kind', [(TIMM, 'timm'), (HF, 'hf')])
-def test_convert_from_a_hub_name(hub_home, tmp_path, repo, kind):
+def test_convert_from_a_hub_name(hub_home, tmp_path, repo, kind, timm):
+  del timm  # --check needs torch with timm or transformers.
   target = tmp_path / 'model.npz'
-  out = tool('convert', f'--from=hf://{repo}', f'--to={target}').stdout
+  out = tool('convert', f'--from=hf://{repo}', f'--to={target}', '--check').stdout
   assert f'hf://{repo} ({kind}) -> {target} (npz)' in out
+  # --check: the Hub's file run by timm or transformers (tools.parity) against the conversion.
+  delta = float(re.search(rf'--check: max \|outputs\(ours\) - outputs\({kind}\)\| = (\S+)',
+                          out).group(1))
+  assert delta < 2e-4, out
   # The reference: the same file of the cache, read by its local path.
   local = loader.read_file(hub.fetch(f'hf://{repo}').path, model_name='ViT-Ti_16')
   converted = checkpoint.flatten(checkpoint.load(target))
