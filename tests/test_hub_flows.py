@@ -174,8 +174,8 @@ def test_a_missing_hub_repo_fails_before_the_first_step(hub_home, tmp_path, data
   else:
     config = _finetune_config(data_overrides, '', distillation=base_config.distillation(
         teacher_model='ViT-Ti_16', teacher_path='hf://org/absent'))
-  with pytest.raises(FileNotFoundError, match=rf'config.{field}: .*org/absent is not in the '
-                     'local cache'):
+  with pytest.raises(FileNotFoundError,
+                     match=rf'config.{field} not found: .*org/absent is not in the local cache'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'checkpoints')
 

@@ -1,4 +1,4 @@
-"""Preemption: a SIGTERM becomes a checkpoint of one step that every host reached, then a clean stop.
+"""Preemption: a SIGTERM becomes a checkpoint of a step every host reached, then a clean stop.
 
 Preemptible and spot VMs, TPU maintenance and SLURM send SIGTERM some seconds before they stop
 a job. The training loop asks `Preemption.reached(step)` after every step; where it answers

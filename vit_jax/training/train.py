@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         try:  # Hub names are fetched here (huggingface_hub's cache), once.
           loader.locate(path)
         except FileNotFoundError as e:
-          raise FileNotFoundError(f'config.{name}: {e}') from e
+          raise FileNotFoundError(f'config.{name} not found: {e}') from e
     mesh = sharding.make_mesh(config.mesh)
     train_source = input_pipeline.get_source(config.dataset, config.train_split,
                                              data_dir=config.data_dir, download=config.download)
