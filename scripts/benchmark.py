@@ -7,6 +7,7 @@ r"""Throughput, compile time, memory and FLOPs of zoo models; optionally against
   python scripts/benchmark.py --models= --resume-pipeline --batch=128
   python scripts/benchmark.py --models= --job-loop=configs/cifar10_scratch.py:quick
   python scripts/benchmark.py --models= --preprocess --batch=32
+  python scripts/benchmark.py --models= --checkpoint-io=/tmp/ckpt --checkpoint-io=gs://B/ckpt
 
 For each model: images/second of inference (`apply`, train=False) and of one training step (the
 training loop's own step, `vit_jax.training.step.make_train_step`: forward, backward, SGD with momentum
@@ -22,7 +23,9 @@ at 90% of an epoch, on a generated folder of small PNGs and on CIFAR-10's train 
 TFDS_DATA_DIR holds it). `--job-loop` runs a training job's loop against its step alone (one
 cached batch) and its input pipeline alone, to show whether the input throttles the step. `--preprocess` measures the fine-tuning input
 pipeline (decode, Inception crop, resize, flip) in images/s per CPU core on generated JPEGs of
-ImageNet's sizes, to size the host that feeds an accelerator.
+ImageNet's sizes, to size the host that feeds an accelerator. `--checkpoint-io` saves and
+restores a training checkpoint of ViT-B/16's train state through Orbax in each directory given
+(local or a bucket), to choose `checkpoint_every`.
 
 Results go to stdout as markdown tables, and to `--output`. The script imports TensorFlow only
 under `--resume-pipeline`, `--job-loop` and `--preprocess`, and torch (with timm) only under `--compare-timm`. The measurements
@@ -83,10 +86,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--preprocess-size', type=int, default=384)
   parser.add_argument('--preprocess-images', type=int, default=512,
                       help='JPEG files in the generated image folder of --preprocess.')
-  parser.add_argument('--output', default=None, help='Also write the tables to this file.')
+  parser.add_argument('--checkpoint-io', action='append', default=[], metavar='DIR',
+                      help='Seconds and bytes of a checkpoint save and restore of the train '
+                           'state (parameters + AdamW moments) in DIR, local or gs://...; '
+                           'repeatable (vit_jax.benchmarking.checkpoint_io).')
+  parser.add_argument('--checkpoint-model', default='ViT-B_16',
+                      help='Zoo model whose train state --checkpoint-io saves.')
+  parser.add_argument('--checkpoint-repeats', type=int, default=3,
+                      help='Saves and restores per directory of --checkpoint-io.')
+  parser.add_argument('--output', default=None, help='Also write the tables to this file '
+                      '(local or gs://...).')
   args = parser.parse_args(argv)
   for field in ('batch', 'resolution', 'iterations', 'attention_batch', 'resume_examples',
-                'job_steps', 'preprocess_size', 'preprocess_images'):
+                'job_steps', 'preprocess_size', 'preprocess_images', 'checkpoint_repeats'):
     if getattr(args, field) < 1:
       parser.error(f'--{field.replace("_", "-")} must be positive')
   return args

@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -348,8 +349,18 @@ class GcsServer:
     self.url = f'http://127.0.0.1:{int(line.split()[1])}'
     self.env = client_env(self.url)
 
+  def pause(self) -> None:
+    """Stops the server process (SIGSTOP): requests wait, unanswered, until `resume`; a client
+    is then caught in the middle of whatever it was writing."""
+    self._process.send_signal(signal.SIGSTOP)
+
+  def resume(self) -> None:
+    """Lets a paused server go on (SIGCONT)."""
+    self._process.send_signal(signal.SIGCONT)
+
   def stop(self) -> None:
     if self._process.poll() is None:
+      self.resume()
       self._process.stdin.close()
       try:
         self._process.wait(timeout=10)

@@ -7,10 +7,17 @@ r"""Train or fine-tune a model from an experiment config.
 Any config field can be overridden (`--config.total_steps=100`, `--config.evals.test.every=500`),
 and `FILE.py:ARGS,evals=NAME` adds an evaluator (`--config.evals.NAME.split=...`); restarting on
 the same workdir resumes. Several hosts: start one process per host with --coordinator_address,
---num_processes and --process_id (or the environment jax.distributed reads on clusters).
+--num_processes and --process_id (or the environment jax.distributed reads on clusters); the
+workdir is then a bucket every host reaches (`--workdir=gs://BUCKET/run`).
+
+Exit status: 0 when the job ran to its last step; 75 (EX_TEMPFAIL) when a preemption notice
+(SIGTERM) stopped it after saving a checkpoint: run the same command again to resume; 1 on an
+error.
 """
 
 import os
+import shlex
+import sys
 
 from absl import app
 from absl import flags
@@ -19,6 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from vit_jax.training import config_args
+from vit_jax.training import preemption
 from vit_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -45,7 +53,12 @@ def main(argv):
   logging.info('JAX process %d of %d, %d local / %d global devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
-  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    command = shlex.join([sys.executable, '-m', 'vit_jax.main', *sys.argv[1:]])
+    logging.warning('Stopped at step %d on a preemption notice. To resume: %s', e.step, command)
+    sys.exit(preemption.EXIT_CODE)
   if jax.process_index() == 0:
     summary = ', '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
                         for k, v in sorted(metrics.items()))

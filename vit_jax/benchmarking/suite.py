@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
+from vit_jax.checkpoint import paths
+from vit_jax.benchmarking import checkpoint_io
 from vit_jax.benchmarking import flops as flops_lib
 from vit_jax.benchmarking import job_loop
 from vit_jax.benchmarking import memory
@@ -101,8 +103,14 @@ def run(args: argparse.Namespace) -> str:
     emit()
     emit(preprocess_speed.preprocess_table(args.preprocess_images, args.preprocess_size,
                                            args.batch, args.iterations))
+  if args.checkpoint_io:
+    _log(f'[checkpoint] {args.checkpoint_model} train state ...')
+    state = checkpoint_io.train_state(args.checkpoint_model)
+    results = {d: checkpoint_io.measure(d, state, args.checkpoint_repeats)
+               for d in args.checkpoint_io}
+    emit()
+    emit(checkpoint_io.table(results, checkpoint_io.state_bytes(state), args.checkpoint_model))
   text = '\n'.join(lines) + '\n'
   if args.output:
-    with open(args.output, 'w', encoding='utf-8') as f:
-      f.write(text)
+    paths.write_text(args.output, text)
   return text

@@ -6,7 +6,10 @@ Imports neither TensorFlow nor torch. The modules:
 
   errors        one hierarchy: CheckpointError (a ValueError) > StateDictError, ConversionError
   tree          nested <-> flat `/`-joined parameters, scanned <-> per-block encoders
-  files         the one atomic writer (`atomic_path`), `.npz` and state-dict readers/writers
+  paths         every file read or written, local or on object storage (`gs://`): the one
+                atomic writer (`atomic_local_path`), listings, `probe_writable`, Orbax's path
+  hub           weights by name from the Hugging Face Hub (`hf://ORG/REPO`, `hf-hub:ORG/REPO`)
+  files         `.npz` and state-dict readers/writers, on any storage
   layout        `.npz` layouts (key maps) and the original ViT/hybrid one
   big_transfer  the `.npz` layout of Google's big_transfer files (BiT's releases)
   big_vision    big_vision's `.npz` layout (SigLIP image towers, FlexiViT)
@@ -32,7 +35,6 @@ that points to `models.loader`, which reads it with the key map of the family it
 from vit_jax.checkpoint.errors import CheckpointError
 from vit_jax.checkpoint.errors import ConversionError
 from vit_jax.checkpoint.errors import StateDictError
-from vit_jax.checkpoint.files import atomic_path
 from vit_jax.checkpoint.files import read_state_dict
 from vit_jax.checkpoint.files import write_state_dict
 from vit_jax.checkpoint.layout import Layout

@@ -1,21 +1,25 @@
-"""Checkpoint files on disk: one atomic writer, the `.npz` reader, one state-dict reader.
+"""Checkpoint files on any storage: the `.npz` reader and writer, one state-dict reader and writer.
 
-Every file this package writes (`.npz`, big_vision `.npz`, `.safetensors`, `.pth`, model cards)
-goes through `atomic_path`: written under a temporary name beside the target and renamed, so a
-crash never leaves a half-written file. `.safetensors` files are read and written through
-safetensors' NumPy API; torch is imported only for pickled `.pth`/`.pt`/`.bin` files.
+Paths are local or object-store URLs (`gs://...`), read and written through `checkpoint.paths`.
+Every file written here (`.npz`, big_vision `.npz`, `.safetensors`, `.pth`) goes through
+`paths.atomic_local_path`, so a reader never sees a half-written file: locally a temporary file
+beside the target is renamed over it; on an object store the object is uploaded in one go once
+complete. Readers that need a local file name (`np.load`'s zip reader, safetensors, torch) get
+one from `paths.local_copy` (a remote file is downloaded once). `.safetensors` files are read
+and written through safetensors' NumPy API; torch is imported only for pickled
+`.pth`/`.pt`/`.bin` files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
+import posixpath
 import zipfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from vit_jax.checkpoint import paths
 from vit_jax.checkpoint.errors import CheckpointError
 from vit_jax.checkpoint.errors import StateDictError
 
@@ -29,29 +33,14 @@ STATE_DICT_WRAPPERS = ('model', 'state_dict', 'model_state_dict', 'module', 'mod
 _DATA_PARALLEL_PREFIX = 'module.'
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-  """A temporary file name beside `path`, renamed to `path` only when the block succeeds.
-
-  Readers never see a half-written file, and a failed write leaves an older file intact.
-  """
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def _check_exists(path: str) -> None:
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f'Checkpoint not found: {path}')
+
+
+def extension(path: str | os.PathLike) -> str:
+  """The lower-case extension of a file path or URL (`''` for a folder `.../`)."""
+  return posixpath.splitext(os.fspath(path).rstrip('/'))[1].lower()
 
 
 def read_npz(path: str | os.PathLike) -> FlatParams:
@@ -64,7 +53,7 @@ def read_npz(path: str | os.PathLike) -> FlatParams:
   path = os.fspath(path)
   _check_exists(path)
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with paths.local_copy(path) as local, np.load(local, allow_pickle=False) as data:
       flat = {key: data[key] for key in data.files}
   except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
     raise CheckpointError(f'{path} is not a readable .npz checkpoint: {e}') from e
@@ -74,8 +63,8 @@ def read_npz(path: str | os.PathLike) -> FlatParams:
 
 
 def write_npz(flat: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-  """Writes flat arrays as an `.npz`, atomically."""
-  with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+  """Writes flat arrays as an `.npz`, atomically (`paths.atomic_local_path`)."""
+  with paths.open_write(path, 'wb') as f:
     np.savez(f, **flat)
 
 
@@ -122,14 +111,15 @@ def read_state_dict(path: str | os.PathLike) -> FlatParams:
   """
   path = os.fspath(path)
   _check_exists(path)
-  ext = os.path.splitext(path)[1].lower()
+  ext = extension(path)
   if ext not in STATE_DICT_EXTENSIONS:
     raise StateDictError(f'Unknown state-dict extension {ext!r} of {path}; expected '
                          f'{", ".join(STATE_DICT_EXTENSIONS)} (.npz files: checkpoint.load)')
   if ext == '.safetensors':
     from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     try:
-      return dict(load_file(path))
+      with paths.local_copy(path) as local:
+        return dict(load_file(local))
     except Exception as e:  # safetensors raises its own SafetensorError for bad headers.
       raise StateDictError(f'{path} is not a readable .safetensors state dict: {e}') from e
   try:
@@ -138,7 +128,8 @@ def read_state_dict(path: str | os.PathLike) -> FlatParams:
     raise StateDictError(f'Reading {path} needs torch; convert from .safetensors to avoid '
                          'it') from e
   try:
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    with paths.local_copy(path) as local:
+      state = torch.load(local, map_location='cpu', weights_only=True)
   except Exception as e:  # Pickle and zip errors of every kind.
     raise StateDictError(f'{path} is not a readable torch state dict: {e}') from e
   return {k: _tensor_to_numpy(v) for k, v in unwrap_state_dict(state, path).items()}
@@ -147,19 +138,19 @@ def read_state_dict(path: str | os.PathLike) -> FlatParams:
 def write_state_dict(state: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
   """Writes a state dict as `.safetensors` (no torch needed) or `.pth`/`.pt`/`.bin`, atomically."""
   path = os.fspath(path)
-  ext = os.path.splitext(path)[1].lower()
+  ext = extension(path)
   if ext not in STATE_DICT_EXTENSIONS:
     raise StateDictError(f'Cannot write a state dict as {ext!r} ({path}); expected '
                          f'{", ".join(STATE_DICT_EXTENSIONS)}')
   state = {k: np.ascontiguousarray(v) for k, v in state.items()}
   if ext == '.safetensors':
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-    with atomic_path(path) as tmp:
+    with paths.atomic_local_path(path) as tmp:
       save_file(state, tmp, metadata={'format': 'pt'})  # transformers requires the 'pt' tag.
     return
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise StateDictError(f'Writing {path} needs torch; write .safetensors instead') from e
-  with atomic_path(path) as tmp:
+  with paths.atomic_local_path(path) as tmp:
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp)

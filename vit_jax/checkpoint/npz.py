@@ -74,7 +74,7 @@ def load(path: str | os.PathLike) -> Params:
 def save(params: Mapping[str, Any], path: str | os.PathLike) -> None:
   """Writes `params` as an original-format `.npz` (readable by `load`, the original and timm).
 
-  The file appears atomically (`files.atomic_path`), so a crash never leaves a half-written
+  The file appears atomically (`paths.atomic_local_path`), so a crash never leaves a half-written
   checkpoint at `path`.
   """
   flat = {key: tree.to_numpy(value) for key, value in tree.flatten(params).items()}

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as glob_lib
+import logging
 import os
 import posixpath
 import shutil
@@ -78,6 +79,9 @@ def _filesystem(path: str) -> Any:
   protocol = path.split('://', 1)[0]
   try:
     import fsspec  # pylint: disable=g-import-not-at-top
+    # Its read-ahead cache logs an INFO line for every file opened for reading: noise in the
+    # tools' output (absl shows INFO records).
+    logging.getLogger('fsspec.caching').setLevel(logging.WARNING)
     return fsspec.filesystem(protocol, use_listings_cache=False)
   except ImportError as e:
     client = _CLIENTS.get(protocol, f'the fsspec client of {protocol}://')

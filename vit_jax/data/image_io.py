@@ -7,7 +7,7 @@ pipeline instead.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,30 +53,37 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert('RGB')
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(source: str | os.PathLike | BinaryIO, name: str | None = None) -> np.ndarray:
   """Reads an image file as (height, width, 3) uint8 RGB.
 
   Greyscale, palette, CMYK, 16-bit and alpha images are converted; the EXIF orientation is
   applied, so phone photos come out upright.
 
+  Args:
+    source: a local file path, or a binary file open for reading (the tools open images on any
+      storage through `checkpoint.paths` and hand them over here).
+    name: what messages call the file (default: the path, or the file's name).
+
   Raises:
-    FileNotFoundError: nothing at `path`.
+    FileNotFoundError: nothing at path `source`.
     ImageError: the file is not an image Pillow can decode (names the file and the reason).
   """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'Image not found: {path}')
-  if os.path.isdir(path):
-    raise ImageError(f'{path} is a directory, not an image file')
+  if isinstance(source, (str, os.PathLike)):
+    source = os.fspath(source)
+    if not os.path.exists(source):
+      raise FileNotFoundError(f'Image not found: {source}')
+    if os.path.isdir(source):
+      raise ImageError(f'{source} is a directory, not an image file')
+  name = name or (source if isinstance(source, str) else getattr(source, 'name', 'the image'))
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       image.load()  # Decodes now, so that truncated files fail here rather than later.
       image = ImageOps.exif_transpose(image)
       return np.asarray(_to_rgb(image), dtype=np.uint8)
   except UnidentifiedImageError as e:
-    raise ImageError(f'{path} is not an image file Pillow can read') from e
+    raise ImageError(f'{name} is not an image file Pillow can read') from e
   except (OSError, SyntaxError, ValueError) as e:  # Truncated or corrupt data.
-    raise ImageError(f'{path} could not be decoded: {e}') from e
+    raise ImageError(f'{name} could not be decoded: {e}') from e
 
 
 def resize(image: np.ndarray, size: int | Sequence[int]) -> np.ndarray:
@@ -132,9 +139,11 @@ def normalization_name(mean: Sequence[float], std: Sequence[float]) -> Normaliza
   return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def load_batch(paths: Sequence[str | os.PathLike], size: int | Sequence[int],
-               normalization: Normalization = 'minus_one_one',
+def load_batch(images: Sequence[str | os.PathLike | BinaryIO | np.ndarray],
+               size: int | Sequence[int], normalization: Normalization = 'minus_one_one',
                ) -> tuple[np.ndarray, np.ndarray]:
-  """Reads, resizes and normalises images: returns (inputs float32 NHWC, resized uint8 NHWC)."""
-  pixels = np.stack([resize(read_image(p), size) for p in paths])
+  """Reads (`read_image`; arrays are taken as read), resizes and normalises images: returns
+  (inputs float32 NHWC, resized uint8 NHWC)."""
+  pixels = np.stack([resize(p if isinstance(p, np.ndarray) else read_image(p), size)
+                     for p in images])
   return np.stack([normalize(p, normalization) for p in pixels]), pixels

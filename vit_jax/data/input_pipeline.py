@@ -128,28 +128,29 @@ def _imagefolder_source(root: str | None, split: str) -> Source:
   random order before slicing, so every slice holds every class in proportion, and processes
   take interleaved shards of it.
   """
-  if not root or not os.path.isdir(root):
+  if not root or not tf.io.gfile.isdir(root):  # tf.io.gfile: local, gs://, any TF file system.
     raise ValueError(f"dataset 'imagefolder' needs config.data_dir to be a folder, got {root!r}")
   match = _SLICE_RE.match(split)
   if not match:
     raise ValueError(f'Bad split {split!r}; expected NAME or NAME[a:b] (a, b ints or percents)')
   name, lo, hi = match.groups()
-  known = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  join, gfile = tf.io.gfile.join, tf.io.gfile
+  known = sorted(d.rstrip('/') for d in gfile.listdir(root) if gfile.isdir(join(root, d)))
   _check_split(name, known, f'image folder {root}')
-  class_root = os.path.join(root, 'train' if 'train' in known else name)
-  classes = sorted(d for d in os.listdir(class_root)
-                   if os.path.isdir(os.path.join(class_root, d)))
+  class_root = join(root, 'train' if 'train' in known else name)
+  classes = sorted(d.rstrip('/') for d in gfile.listdir(class_root)
+                   if gfile.isdir(join(class_root, d)))
   files, labels = [], []
   for label, cls in enumerate(classes):
-    folder = os.path.join(root, name, cls)
-    if not os.path.isdir(folder):
+    folder = join(root, name, cls)
+    if not gfile.isdir(folder):
       continue
-    for f in sorted(os.listdir(folder)):
+    for f in sorted(gfile.listdir(folder)):
       if f.lower().endswith(_IMAGE_EXTENSIONS):
-        files.append(os.path.join(folder, f))
+        files.append(join(folder, f))
         labels.append(label)
   if not files:
-    raise ValueError(f'No images found under {os.path.join(root, name)}/<class>/')
+    raise ValueError(f'No images found under {join(root, name)}/<class>/')
   n = len(files)
   # A fixed seed: `train[:98%]` and `train[98%:]` must come from the same order.
   order = np.random.default_rng(0).permutation(n)

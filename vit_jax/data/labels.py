@@ -29,14 +29,22 @@ DATASETS: dict[str, tuple[str, int]] = {
 }
 
 
-@functools.cache
-def read_labels(path: str) -> tuple[str, ...]:
-  """Reads a label file, one class name per line (blank lines are errors, not skipped)."""
-  with open(path, encoding='utf-8') as f:
-    names = tuple(line.rstrip('\n') for line in f)
+def parse_labels(text: str, source: str) -> tuple[str, ...]:
+  """The class names of a label file's text, one per line (blank lines are errors, not skipped);
+  `source` names the file in messages."""
+  names = tuple(text.split('\n'))
+  if names and names[-1] == '':
+    names = names[:-1]  # The final line's end.
   if any(not name.strip() for name in names):
-    raise ValueError(f'{path} has a blank line; a label file names one class per line')
+    raise ValueError(f'{source} has a blank line; a label file names one class per line')
   return names
+
+
+@functools.cache
+def _package_labels(filename: str) -> tuple[str, ...]:
+  """A label file of this package (`vit_jax/data/`); users' files come as text (`parse_labels`)."""
+  with open(os.path.join(_DATA_DIR, filename), encoding='utf-8') as f:
+    return parse_labels(f.read(), filename)
 
 
 def dataset_labels(dataset: str) -> tuple[str, ...]:
@@ -44,7 +52,7 @@ def dataset_labels(dataset: str) -> tuple[str, ...]:
   if dataset not in DATASETS:
     raise KeyError(f'No label names for {dataset!r}; known: {", ".join(sorted(DATASETS))}')
   filename, num_classes = DATASETS[dataset]
-  names = read_labels(os.path.join(_DATA_DIR, filename))
+  names = _package_labels(filename)
   if len(names) != num_classes:
     raise ValueError(f'{filename} has {len(names)} names, expected {num_classes}')
   return names

@@ -41,6 +41,9 @@ class KeyMap:
   gelu_approximate: bool | None = None  # the GELU form the family's files imply; None: unknown
   # Suffixes of state-dict entries that are buffers the library rebuilds (dropped on loading).
   buffers: tuple[str, ...] = ()
+  # The library's architecture names -> zoo names (a timm repo's `config.json` names its model
+  # by timm's name; its state dict does not record the attention heads, the zoo entry does).
+  names: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,9 @@
 
 Every format reads into, and writes from, our flat parameters (original `.npz` keys). Which
 family's key map applies is decided by the keys (`registry.of_state_dict`, `registry.of_params`).
-Adding a format is adding a `Format` to `FORMATS`.
+Adding a format is adding a `Format` to `FORMATS`. Paths are local or object-store URLs, read and
+written through `checkpoint.paths` (files atomically; an HF folder's weights, then its
+`config.json`, each atomically).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from vit_jax.checkpoint import files
 from vit_jax.checkpoint import npz
+from vit_jax.checkpoint import paths
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import ConversionError
 from vit_jax.checkpoint.layout import is_state_dict_npz
@@ -54,10 +57,6 @@ class Format:
   read: Callable[[str, FlatParams | None, int | None], Loaded]
   # (flat params, path, gelu_approximate) -> None
   write: Callable[[FlatParams, str, bool], None]
-
-
-def _extension(path: str) -> str:
-  return os.path.splitext(path.rstrip('/'))[1].lower()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ def _write_timm(params: FlatParams, path: str, gelu_approximate: bool) -> None:
 def _is_hf(path: str, ext: str, keys: list[str] | None, reading: bool) -> bool:
   if not reading:
     return not ext or path.endswith('/')
-  if os.path.isdir(path):
+  if paths.isdir(path):
     return True
   return keys is not None and any(f.hf is not None and f.hf.matches(keys)
                                   for f in registry.FAMILIES.values())
@@ -118,16 +117,19 @@ def _is_hf(path: str, ext: str, keys: list[str] | None, reading: bool) -> bool:
 
 def _read_hf_folder(path: str) -> tuple[FlatParams, dict[str, Any]]:
   """An HF folder: (state dict, config.json contents)."""
-  if not os.path.exists(os.path.join(path, 'config.json')):
+  config_path = paths.join(path, 'config.json')
+  if not paths.exists(config_path):
     raise ConversionError(f'{path} is a folder without config.json: not an HF checkpoint')
-  with open(os.path.join(path, 'config.json'), encoding='utf-8') as f:
-    config = json.load(f)
+  try:
+    config = json.loads(paths.read_text(config_path))
+  except ValueError as e:
+    raise ConversionError(f'{config_path} is not readable JSON: {e}') from e
   if config.get('model_type') not in (None, 'vit'):
     raise ConversionError(f"{path} holds a {config['model_type']!r} model; only HF ViT "
                           '(model_type "vit") is supported')
   for name in _HF_WEIGHTS:
-    if os.path.exists(os.path.join(path, name)):
-      return files.read_state_dict(os.path.join(path, name)), config
+    if paths.exists(paths.join(path, name)):
+      return files.read_state_dict(paths.join(path, name)), config
   raise ConversionError(f'{path} has no {" or ".join(_HF_WEIGHTS)} (sharded checkpoints are '
                         'not supported)')
 
@@ -154,12 +156,9 @@ def _write_hf(params: FlatParams, path: str, gelu_approximate: bool) -> None:
   if path.endswith('.safetensors'):
     files.write_state_dict(state, path)
     return
-  os.makedirs(path, exist_ok=True)
-  files.write_state_dict(state, os.path.join(path, 'model.safetensors'))
-  with files.atomic_path(os.path.join(path, 'config.json')) as tmp:
-    with open(tmp, 'w', encoding='utf-8') as f:
-      json.dump(config, f, indent=2)
-      f.write('\n')
+  paths.makedirs(path)
+  files.write_state_dict(state, paths.join(path, 'model.safetensors'))
+  paths.write_text(paths.join(path, 'config.json'), json.dumps(config, indent=2) + '\n')
 
 
 # Tried in order: the first whose `detect` accepts a path is its format.
@@ -188,7 +187,7 @@ def detect_format(path: str | os.PathLike, *, reading: bool = True,
     ConversionError: the path does not name one of the formats.
   """
   path = os.fspath(path)
-  ext = _extension(path)
+  ext = files.extension(path)
   if reading and keys is None and ext in files.STATE_DICT_EXTENSIONS:
     keys = list(files.read_state_dict(path))
   for fmt in FORMATS.values():
@@ -223,7 +222,7 @@ def read(path: str | os.PathLike, *, num_heads: int | None = None,
   """
   path = os.fspath(path)
   state = None
-  if _extension(path) in files.STATE_DICT_EXTENSIONS and not os.path.isdir(path):
+  if files.extension(path) in files.STATE_DICT_EXTENSIONS and not paths.isdir(path):
     state = files.read_state_dict(path)
   fmt = detect_format(path, keys=list(state) if state is not None else None)
   return FORMATS[fmt].read(path, state, num_heads or zoo_num_heads(model_name))
@@ -247,7 +246,7 @@ def write(params: Mapping[str, np.ndarray], path: str | os.PathLike, fmt: str | 
   fmt = fmt or detect_format(path, reading=False)
   if fmt not in FORMATS:
     raise ConversionError(f'Unknown format {fmt!r}; expected one of {tuple(FORMATS)}')
-  if os.path.exists(path) and not overwrite:
+  if paths.exists(path) and not overwrite:
     raise ConversionError(f'{path} exists; pass --overwrite to replace it')
   FORMATS[fmt].write(dict(params), path, gelu_approximate)
   return fmt

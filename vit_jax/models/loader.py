@@ -3,10 +3,14 @@
 Every tool (`classify`, `visualize`, `fewshot`), the distillation teacher and fine-tuning's
 pre-trained load (`load_pretrained`) read model files through here, so they accept the same files
 and fail the same way. A file is anything `tools.convert` reads (`.npz` in any layout, timm
-`.safetensors`/`.pth`, a Hugging Face folder); beside it, a training export's model card
+`.safetensors`/`.pth`, a Hugging Face folder), on local disk or object storage (`gs://...`,
+`checkpoint.paths`), or a name on the Hugging Face Hub (`hf://ORG/REPO[/FILE]`,
+`hf-hub:ORG/REPO`, `checkpoint.hub`). Beside a file, a training export's model card
 (`model.json`) and state sidecar (`model_state.npz`, BatchNorm statistics) are read when present
-(`models.card`). The architecture of ViT, hybrid and Swin parameters is read from their shapes,
-so released and converted files run with at most their zoo name.
+(`models.card`); a timm repo's `config.json` is its card (`card.from_timm`: zoo name, classes,
+image size, mean/std), and a transformers repo is the HF folder it holds. The architecture of
+ViT, hybrid and Swin parameters is read from their shapes, so released and converted files run
+with at most their zoo name.
 
 Faults: FileNotFoundError when nothing is at the path; CheckpointError (a ValueError) for every
 file that is there but does not give a runnable model, with the problem named.
@@ -23,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.checkpoint import hub
+from vit_jax.checkpoint import paths
 from vit_jax.checkpoint import pretrained
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import CheckpointError
@@ -67,12 +73,33 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+def locate(path: str | os.PathLike) -> tuple[str, dict[str, Any] | None]:
+  """Where the model file of `path` lies, and the card that comes with it from the Hub.
+
+  A Hub name is fetched (`checkpoint.hub.fetch`, into huggingface_hub's cache): a timm repo
+  gives its weights file with its `config.json` as the card (`card.from_timm`), a
+  transformers repo its folder (no card). Any other path is checked and returned as it is.
+
+  Raises:
+    FileNotFoundError: nothing at `path` (`hub.HubError`, naming what the repo holds, for a
+      Hub name).
+  """
+  path = os.fspath(path)
+  if paths.is_hub_name(path):
+    fetched = hub.fetch(path)
+    return fetched.path, card_lib.from_timm(fetched.timm) if fetched.timm else None
+  if not paths.exists(path):
+    raise FileNotFoundError(f'No model file at {path}')
+  return path, None
+
+
 def read_file(path: str | os.PathLike, *, model_name: str | None = None,
               num_heads: int | None = None) -> ModelFile:
   """Reads a model file of any format with the card and state sidecar beside it.
 
   Args:
-    path: `.npz`, timm or HF state dict file, or HF folder.
+    path: `.npz`, timm or HF state dict file, or HF folder (local or a storage URL), or a Hub
+      name (`locate`).
     model_name: a zoo name (gives the attention heads, which timm files do not record).
     num_heads: attention heads, for models outside the zoo.
 
@@ -80,10 +107,8 @@ def read_file(path: str | os.PathLike, *, model_name: str | None = None,
     FileNotFoundError: nothing at `path`.
     CheckpointError: the file, its card or its state is unreadable, named in the message.
   """
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No model file at {path}')
-  card = card_lib.read_card(path)
+  path, card = locate(path)
+  card = card or card_lib.read_card(path)
   if card is not None and num_heads is None:  # The card's architecture, not the zoo entry's.
     num_heads = (card['model_overrides'].get('transformer') or {}).get('num_heads')
   read = formats.read(path, num_heads=num_heads,
@@ -114,7 +139,7 @@ def _check_card(card: Mapping[str, Any], flat: Mapping[str, Any],
     raise CheckpointError(
         f'The model card says {card["num_classes"]} classes, but the checkpoint\'s head has '
         f'{heads}: the card belongs to another model')
-  if model_name is not None and model_name != card['model_name']:
+  if model_name is not None and card['model_name'] not in (None, model_name):
     raise CheckpointError(
         f'The model card says the model is {card["model_name"]!r}, not {model_name!r}')
 
@@ -151,7 +176,7 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
   flat = tree.flatten(params)
   if card is not None:
     _check_card(card, flat, model_name)
-    model_name = card['model_name']
+    model_name = card['model_name'] or model_name
     overrides = {**_tuples(card['model_overrides']), **overrides}
     image_size = image_size or tuple(card['image_size'])
     if normalization is None:
@@ -166,7 +191,8 @@ def load_model(params: Mapping[str, Any], model_name: str | None = None, *,
     fields = {**family.fields_from_params(flat), **overrides}
     model = registry.get_model(model_name, **fields)
   transformer = getattr(model, 'transformer', None)
-  if (gelu_approximate is not None and card is None and 'transformer' not in overrides
+  # A training export's card records the whole transformer config; a timm repo's card none.
+  if (gelu_approximate is not None and 'transformer' not in overrides
       and isinstance(transformer, Mapping)):
     model = model.clone(transformer={**transformer, 'gelu_approximate': gelu_approximate})
 

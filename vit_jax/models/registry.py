@@ -102,6 +102,17 @@ def of_state_dict(keys: Sequence[str], library: str) -> Family:
   raise CheckpointError(f'Not a {library} state dict of the {", ".join(readable)} families')
 
 
+def zoo_name(library: str, architecture: str) -> str | None:
+  """The zoo name of `library`'s ('timm' or 'hf') model `architecture` (e.g. timm's
+  'vit_tiny_patch16_224' -> 'ViT-Ti_16'), from the families' key maps; None where the zoo has
+  none."""
+  for fam in FAMILIES.values():
+    key_map = getattr(fam, library)
+    if key_map is not None and architecture in key_map.names:
+      return key_map.names[architecture]
+  return None
+
+
 def model_class(name: str) -> type[nn.Module]:
   """The Flax module class of a zoo entry (its family's); KeyError naming the known models."""
   return of_model(name).module

@@ -1,6 +1,11 @@
 r"""Classifies photos with a checkpoint and prints the top classes with their names.
 
   python -m vit_jax.tools.classify --checkpoint=ViT-B_16.npz [--model=ViT-B_16] cat.jpg dog.png
+  python -m vit_jax.tools.classify --checkpoint=hf://google/vit-base-patch16-224 cat.jpg
+  python -m vit_jax.tools.classify --checkpoint=gs://BUCKET/run/model.npz gs://BUCKET/cat.jpg
+
+The checkpoint and the images may be local, on object storage (`gs://`), or (the checkpoint) a
+Hugging Face Hub name (`models.loader`).
 
 A model exported by a training run is fed as it was trained: its model card (`model.json` beside
 `model.npz`) gives the architecture, the image size, the pixel normalisation and the class names,
@@ -24,6 +29,7 @@ import jax
 import numpy as np
 
 from vit_jax import checkpoint
+from vit_jax.checkpoint import paths as paths_lib
 from vit_jax.data import image_io
 from vit_jax.data import labels as labels_lib
 from vit_jax.models import loader
@@ -46,7 +52,7 @@ def class_names(num_classes: int, labels_file: str | None = None,
   A labels file wins over the names of the model card, which win over the built-in lists.
   """
   if labels_file:
-    names = list(labels_lib.read_labels(labels_file))
+    names = list(labels_lib.parse_labels(paths_lib.read_text(labels_file), labels_file))
     if len(names) != num_classes:
       raise ValueError(f'{labels_file} names {len(names)} classes, but the head has '
                        f'{num_classes}')
@@ -59,6 +65,21 @@ def class_names(num_classes: int, labels_file: str | None = None,
             '(pass --labels)'), None
   dataset, names = found
   return f'{dataset} labels', list(names)
+
+
+def read_image(path: str) -> np.ndarray:
+  """The image file at `path`, local or on object storage, as `image_io.read_image` reads it.
+
+  Raises:
+    FileNotFoundError: nothing at `path`.
+    ImageError: not an image (a folder, or a file Pillow cannot decode).
+  """
+  if paths_lib.isdir(path):
+    raise image_io.ImageError(f'{path} is a directory, not an image file')
+  if not paths_lib.exists(path):
+    raise FileNotFoundError(f'Image not found: {path}')
+  with paths_lib.open_read(path) as f:
+    return image_io.read_image(f, name=path)
 
 
 def scores_from_logits(logits: np.ndarray, activation: str = 'auto') -> np.ndarray:
@@ -89,7 +110,7 @@ def classify(loaded: loader.LoadedModel, paths: Sequence[str], *, top_k: int = 5
   images, errors = {}, {}
   for path in paths:
     try:
-      pixels = image_io.resize(image_io.read_image(path), loaded.image_size)
+      pixels = image_io.resize(read_image(path), loaded.image_size)
       images[path] = image_io.normalize(pixels, loaded.normalization)
     except (FileNotFoundError, image_io.ImageError) as e:
       errors[path] = str(e)
@@ -125,14 +146,15 @@ def format_predictions(predictions: Sequence[Prediction]) -> str:
 def define_flags() -> None:
   """The command's flags; defined only when run as a program, so the library imports cleanly."""
   flags.DEFINE_string('checkpoint', None, 'Model file: .npz (any layout), timm '
-                      '.safetensors/.pth, or an HF folder.')
+                      '.safetensors/.pth, or an HF folder; local, gs://..., or a Hub name '
+                      '(hf://ORG/REPO[/FILE], hf-hub:ORG/REPO).')
   flags.DEFINE_string('model', None, 'Zoo model name, e.g. ViT-B_16. Optional for ViT, hybrid '
                       'and Swin checkpoints, whose architecture is read from parameter shapes.')
   flags.DEFINE_integer('top_k', 5, 'Number of classes to print per image.')
   flags.DEFINE_integer('image_size', None,
                        'Input resolution; default: the one the checkpoint was trained at.')
-  flags.DEFINE_string('labels', None, 'Text file with one class name per line, overriding the '
-                      'built-in names.')
+  flags.DEFINE_string('labels', None, 'Text file with one class name per line (local or '
+                      'gs://...), overriding the built-in names.')
   flags.DEFINE_enum('activation', 'auto', ['auto', 'softmax', 'sigmoid'],
                     'Logits to scores. auto: sigmoid for 21,843-class heads (ImageNet-21k '
                     'pre-training is multi-label, trained with sigmoid cross-entropy), softmax '
@@ -153,7 +175,8 @@ def main(argv: Sequence[str]) -> int:
   try:
     loaded = loader.load(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size,
                          normalization=FLAGS.normalization)
-  except (FileNotFoundError, KeyError, checkpoint.CheckpointError) as e:
+  except (FileNotFoundError, KeyError, checkpoint.CheckpointError,
+          paths_lib.MissingClientError) as e:
     sys.exit(f'classify: cannot load {FLAGS.checkpoint}: {e}')
   num_classes = getattr(loaded.model, 'num_classes', None)
   if not num_classes:

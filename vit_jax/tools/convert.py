@@ -3,6 +3,11 @@ r"""Converts checkpoints between the original `.npz`, timm and Hugging Face form
   python -m vit_jax.tools.convert --from=ViT-B_16.npz --to=vit_b16.safetensors        # -> timm
   python -m vit_jax.tools.convert --from=vit_b16.safetensors --to=ViT-B_16.npz --check
   python -m vit_jax.tools.convert --from=ViT-B_16.npz --to=hf_vit_b16/                 # -> transformers
+  python -m vit_jax.tools.convert --from=hf://google/vit-base-patch16-224 --to=gs://B/vit.npz
+
+Sources and targets may be local or on object storage (`gs://`, `checkpoint.paths`); a source
+may also be a Hugging Face Hub name (`hf://ORG/REPO[/FILE]`, `hf-hub:ORG/REPO`), read by the one
+loader (`models.loader`).
 
 Formats (`npz`, `timm`, `hf`), told apart by extension and, for torch files, by their keys, are
 the table `vit_jax.models.formats.FORMATS`; this module is the command line over it.
@@ -24,6 +29,7 @@ from absl import flags
 import numpy as np
 
 from vit_jax import checkpoint
+from vit_jax.checkpoint import paths
 from vit_jax.models import card
 from vit_jax.models import formats
 from vit_jax.models import loader
@@ -71,8 +77,10 @@ def convert(source: str, target: str, *, target_format: str | None = None,
 
 def define_flags() -> None:
   """The command's flags; defined only when run as a program, so the library imports cleanly."""
-  flags.DEFINE_string('from', None, 'Source checkpoint (file, or HF folder).')
-  flags.DEFINE_string('to', None, 'Target: .npz, .safetensors/.pth (timm), or a folder (HF).')
+  flags.DEFINE_string('from', None, 'Source checkpoint (file, or HF folder; local, gs://..., or '
+                      'a Hub name hf://ORG/REPO[/FILE], hf-hub:ORG/REPO).')
+  flags.DEFINE_string('to', None, 'Target: .npz, .safetensors/.pth (timm), or a folder (HF); '
+                      'local or gs://....')
   flags.DEFINE_enum('to_format', None, list(formats.FORMATS), 'Target format when the path '
                     'does not tell (e.g. a bare HF state dict as .safetensors).')
   flags.DEFINE_string('model', None, 'Zoo model name: gives the number of heads, which timm '
@@ -101,14 +109,15 @@ def main(argv: Sequence[str]) -> None:
                           model_name=FLAGS.model, num_heads=FLAGS.num_heads,
                           gelu_approximate=gelu, remove_head=FLAGS.drop_head,
                           overwrite=FLAGS.overwrite)
-  except (FileNotFoundError, KeyError, ValueError) as e:  # Conversion & checkpoint errors.
+  except (FileNotFoundError, KeyError, ValueError,  # Conversion & checkpoint errors.
+          paths.MissingClientError) as e:
     sys.exit(f'convert: {e}')
   count = sum(int(np.size(v)) for v in loaded.params.values())
   print(f'{source} ({loaded.format}) -> {target} ({fmt}): {len(loaded.params)} arrays, '
         f'{count:,} parameters')
   if FLAGS.check:
     # The torch side is the target, or the source when converting to .npz.
-    path, side = (target, fmt) if fmt != 'npz' else (source, loaded.format)
+    path, side = (target, fmt) if fmt != 'npz' else (loader.locate(source)[0], loaded.format)
     if side == 'npz':
       sys.exit('convert: --check compares with timm or HF; both sides are .npz')
     try:

@@ -2,9 +2,10 @@
 
   python -m vit_jax.tools.fewshot --checkpoint=model.npz --dataset=cifar10 --image_size=224
 
-The file is read by the one loader (`models.loader`). A training export (a file with a model
-card) is fed as its job's evaluation fed it (the card's `pp_eval`), so the export and a converted
-copy of it give the same accuracies as the job's own few-shot probe. Other files follow
+The file is read by the one loader (`models.loader`): local, on object storage (`gs://`), or a
+Hugging Face Hub name. A training export (a file with a model card) is fed as its job's
+evaluation fed it (the card's `pp_eval`), so the export and a converted copy of it give the
+same accuracies as the job's own few-shot probe. Other files follow
 big_vision's `configs/common_fewshot.py`: images resized to 256x256 and centre-cropped to 224
 (scaled for other model sizes). Shots are drawn with 3 seeds (`--num_seeds`), each accuracy the
 mean over the seeds (big_vision logs one per seed). The probes are `training.fewshot`'s
@@ -31,10 +32,12 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The command's flags; defined only when run as a program, so the library imports cleanly."""
-  flags.DEFINE_string('checkpoint', None, 'Checkpoint: .npz (any layout), timm or HF.')
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint: .npz (any layout), timm or HF; local, '
+                      'gs://..., or a Hub name (hf://ORG/REPO[/FILE], hf-hub:ORG/REPO).')
   flags.DEFINE_string('model', None, 'Zoo model name; optional for ViT checkpoints.')
   flags.DEFINE_string('dataset', 'cifar10', "TFDS name, or 'imagefolder' with --data_dir.")
-  flags.DEFINE_string('data_dir', None, 'TFDS data dir, or the image folder root.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir, or the image folder root (any path '
+                      'TensorFlow reads: local, gs://...).')
   flags.DEFINE_string('train_split', 'train[:2000]', 'Where the shots are drawn from.')
   flags.DEFINE_string('test_split', 'test[:2000]', 'Where the probes are scored.')
   flags.DEFINE_integer('image_size', None, 'Input size; by default the checkpoint\'s.')
@@ -62,7 +65,7 @@ def main(argv: Sequence[str]) -> int:
   from vit_jax.models import loader  # pylint: disable=g-import-not-at-top
   try:
     loaded = loader.load(FLAGS.checkpoint, FLAGS.model, image_size=FLAGS.image_size)
-  except (FileNotFoundError, KeyError, ValueError) as e:
+  except (FileNotFoundError, KeyError, ValueError, ImportError) as e:  # Import: no gcsfs.
     sys.exit(f'fewshot: cannot load {FLAGS.checkpoint}: {e}')
   height, width = loaded.image_size
   # A training export is probed as its job's few-shot evaluator probed it (the card's pp_eval);

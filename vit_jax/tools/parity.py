@@ -8,13 +8,13 @@ imported inside the functions: importing this module needs none of them.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
 from vit_jax import models
 from vit_jax.checkpoint import files
+from vit_jax.checkpoint import paths
 from vit_jax.checkpoint import tree
 from vit_jax.checkpoint.errors import ConversionError
 
@@ -25,8 +25,8 @@ def _hf_outputs(folder: str, pixels: Any, has_pre_logits: bool) -> np.ndarray:
   import torch  # pylint: disable=g-import-not-at-top
   from vit_jax.models import timm_import  # pylint: disable=g-import-not-at-top
   transformers = timm_import.import_transformers()
-  with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
-    architecture_name = json.load(f).get('architectures', [_HF_ARCHITECTURES[0]])[0]
+  config = json.loads(paths.read_text(paths.join(folder, 'config.json')))
+  architecture_name = config.get('architectures', [_HF_ARCHITECTURES[0]])[0]
   if architecture_name not in _HF_ARCHITECTURES:
     raise ConversionError(f'Cannot check an HF {architecture_name}')
   model = getattr(transformers, architecture_name).from_pretrained(folder).eval()
@@ -63,7 +63,8 @@ def max_logit_difference(params: Mapping[str, np.ndarray], torch_path: str, fmt:
   Args:
     params: our flat parameters (original `.npz` keys), the weights in `torch_path`.
     torch_path: a timm state dict (`fmt` 'timm': ViT, hybrid or Swin) or an HF ViT folder
-      ('hf': ViTForImageClassification or ViTModel, whose pooler is our representation layer).
+      ('hf': ViTForImageClassification or ViTModel, whose pooler is our representation layer);
+      local or on object storage (copied to a local folder for transformers).
     fmt: 'timm' or 'hf'.
     gelu_approximate: the GELU form both sides use (ViT; Swin always uses the exact one).
     batch: number of images, uniform in [-1, 1].
@@ -87,7 +88,8 @@ def max_logit_difference(params: Mapping[str, np.ndarray], torch_path: str, fmt:
   if fmt == 'timm':
     theirs = _timm_outputs(torch_path, family, config, pixels, gelu_approximate)
   else:
-    theirs = _hf_outputs(torch_path, pixels, 'pre_logits/kernel' in flat)
+    with paths.local_copy(torch_path) as folder:  # transformers reads local folders only.
+      theirs = _hf_outputs(folder, pixels, 'pre_logits/kernel' in flat)
   if ours.shape != theirs.shape:
     raise ConversionError(f'Output shapes differ: ours {ours.shape}, {fmt} {theirs.shape}')
   return float(np.abs(ours - theirs).max())

@@ -11,14 +11,15 @@ panel per head. `rollout`: attention rollout through all layers (Abnar & Zuidema
 cosine similarity between learned position embeddings (ViT paper, Figure 7 centre). `filters`:
 principal components of the patch-embedding filters (Figure 7 left). `curves`: the scalars the
 training loop wrote to TensorBoard event files under a workdir. `--model` names the zoo model;
-ViT and hybrid architectures are otherwise read from the checkpoint.
+ViT and hybrid architectures are otherwise read from the checkpoint. Checkpoints, images,
+workdirs and the output may be local or on object storage (`gs://`, `checkpoint.paths`); the
+checkpoint also a Hugging Face Hub name.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
-import os
+import posixpath
 import struct
 import sys
 from typing import Any, Mapping, Sequence
@@ -32,9 +33,11 @@ from PIL import Image
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax.checkpoint import paths
 from vit_jax.data import image_io
 from vit_jax.models import loader
 from vit_jax.models.vit import architecture
+from vit_jax.tools import classify
 from vit_jax.tools import interpret
 
 SUBCOMMANDS = ('attention', 'rollout', 'posemb', 'filters', 'curves')
@@ -70,9 +73,9 @@ def _grid_figure(panels: int, columns: int, panel_inches: float = 2.2) -> tuple[
 
 
 def _save(figure: Figure, path: str) -> str:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  figure.savefig(path, format='png', bbox_inches='tight')
+  """Writes `figure` as a PNG to `path` (local or a storage URL), atomically."""
+  with paths.open_write(path, 'wb') as f:
+    figure.savefig(f, format='png', bbox_inches='tight')
   return path
 
 
@@ -155,7 +158,7 @@ def _records(path: str):
   Reading it here keeps TensorFlow out of this tool (TensorBoard's loaders import it when
   installed). A run that is still writing may leave a partial last record; it is skipped.
   """
-  with open(path, 'rb') as f:
+  with paths.open_read(path, 'rb') as f:
     while True:
       header = f.read(12)
       if len(header) < 12:
@@ -181,13 +184,13 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
   from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
 
-  files = sorted(glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'),
-                           recursive=True))
+  root = paths.absolute(workdir).rstrip('/')
+  files = paths.glob(paths.join(root, '**', 'events.out.tfevents.*'))
   if not files:
     raise FileNotFoundError(f'No TensorBoard event files under {workdir}')
   points: dict[str, dict[int, float]] = collections.defaultdict(dict)
   for path in files:
-    folder = os.path.relpath(os.path.dirname(path), workdir)
+    folder = posixpath.relpath(paths.parent(path), root)
     for payload in _records(path):
       event = event_pb2.Event.FromString(payload)
       for value in event.summary.value:
@@ -274,10 +277,11 @@ def attention_command(output: str, layer: int = -1, rollout: bool = False) -> st
   if not FLAGS.image:
     raise app.UsageError('--image is required')
   loaded = _load(sow_weights=True)
-  inputs, pixels = image_io.load_batch([FLAGS.image], loaded.image_size, loaded.normalization)
+  inputs, pixels = image_io.load_batch([classify.read_image(FLAGS.image)], loaded.image_size,
+                                       loaded.normalization)
   _, weights = interpret.attention_weights(loaded.model, loaded.params, inputs)
   prefix, grid = _token_layout(loaded)
-  name = os.path.basename(FLAGS.image)
+  name = posixpath.basename(FLAGS.image)
   if rollout:
     heat = interpret.maps_from_attention(interpret.attention_rollout(weights)[0], prefix, grid)
     return plot_rollout(pixels[0], heat, output,
@@ -318,13 +322,14 @@ def curves_command(output: str) -> str:
   if not FLAGS.workdir:
     raise app.UsageError('--workdir is required')
   return plot_curves(read_scalars(FLAGS.workdir), output,
-                     os.path.basename(os.path.normpath(FLAGS.workdir)))
+                     posixpath.basename(FLAGS.workdir.rstrip('/')))
 
 
 def define_flags() -> None:
   """The command's flags; defined only when run as a program, so the library imports cleanly."""
   flags.DEFINE_string('checkpoint', None, 'Model file: .npz (any layout), timm '
-                      '.safetensors/.pth, or an HF folder.')
+                      '.safetensors/.pth, or an HF folder; local, gs://..., or a Hub name '
+                      '(hf://ORG/REPO[/FILE], hf-hub:ORG/REPO).')
   flags.DEFINE_string('model', None, 'Zoo model name (optional for ViT and hybrids).')
   flags.DEFINE_string('image', None, 'Image file (attention, rollout).')
   flags.DEFINE_integer('image_size', None,
@@ -356,7 +361,8 @@ def main(argv: Sequence[str]) -> None:
       path = filters_command(FLAGS.output, FLAGS.components)
     else:
       path = curves_command(FLAGS.output)
-  except (FileNotFoundError, KeyError, ValueError, image_io.ImageError) as e:
+  except (FileNotFoundError, KeyError, ValueError, image_io.ImageError,
+          paths.MissingClientError) as e:
     # CheckpointError and ImageError are ValueErrors: report them without a traceback.
     sys.exit(f'visualize {command}: {e}')
   print(f'Wrote {path}')

@@ -8,6 +8,12 @@ every `checkpoint_every` steps (the last `keep_checkpoints` kept) and an origina
 the final parameters. A run restarted on the same workdir resumes from its last checkpoint and
 ends with the same parameters as an uninterrupted run: the step's dropout key is
 fold_in(seed key, step) and the input stream is a function of the step.
+
+The workdir may be on object storage (`gs://bucket/run`), shared by every host of a pod
+(`training.workdir`); the job checks that it can write there before anything else, and the log
+and TensorBoard events reach it through `training.staging`. On a preemption notice (SIGTERM)
+every host saves the checkpoint of one agreed step and the job stops with
+`preemption.Preempted` (`training.preemption`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging as py_logging
 import math
-import os
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vit_jax.checkpoint import paths
 from vit_jax.data import input_pipeline
 from vit_jax.data import preprocess
 from vit_jax.models import card
@@ -34,8 +40,10 @@ from vit_jax.models import loader
 from vit_jax.training import distill
 from vit_jax.training import evaluators as evaluators_lib
 from vit_jax.training import job as job_lib
+from vit_jax.training import preemption as preemption_lib
 from vit_jax.training import settings as settings_lib
 from vit_jax.training import sharding
+from vit_jax.training import staging as staging_lib
 from vit_jax.training import workdir as workdir_lib
 from vit_jax.training.step import create_model
 
@@ -48,11 +56,13 @@ TrainData = Callable[[ml_collections.ConfigDict, input_pipeline.Source, int, int
 
 
 @contextlib.contextmanager
-def _log_file(workdir: str) -> Iterator[None]:
-  """Copies the log into WORKDIR/train.<process>.log while the job runs, and only then: a second
-  job in the same process (a sweep, a notebook) writes to its own file, not to this one."""
-  os.makedirs(workdir, exist_ok=True)
-  handler = py_logging.FileHandler(os.path.join(workdir, f'train.{jax.process_index()}.log'))
+def _log_file(folder: str) -> Iterator[None]:
+  """Copies the log into FOLDER/train.<process>.log while the job runs, and only then: a second
+  job in the same process (a sweep, a notebook) writes to its own file, not to this one.
+
+  `folder` is local: the workdir, or the staging folder of a remote one (`training.staging`).
+  """
+  handler = py_logging.FileHandler(paths.join(folder, f'train.{jax.process_index()}.log'))
   handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   handler.addFilter(_quiet_libraries)
   root = py_logging.getLogger()
@@ -61,6 +71,9 @@ def _log_file(workdir: str) -> Iterator[None]:
   logging.get_absl_handler().addFilter(_quiet_libraries)
   try:
     yield
+  except preemption_lib.Preempted as e:
+    logging.warning('%s', e)
+    raise
   except Exception:
     # The traceback goes to the file only: the console gets it from the exception itself.
     handler.handle(root.makeRecord(root.name, py_logging.ERROR, __file__, 0,
@@ -71,9 +84,15 @@ def _log_file(workdir: str) -> Iterator[None]:
     handler.close()
 
 
+# Libraries whose INFO records come with every save or remote read (Orbax; fsspec's read-ahead).
+_CHATTY = ('/orbax/', '/fsspec/', '/gcsfs/')
+
+
 def _quiet_libraries(record: py_logging.LogRecord) -> bool:
-  """Keeps Orbax's per-save INFO chatter out of the console and the log file."""
-  return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
+  """Keeps the per-save and per-read INFO chatter of `_CHATTY` libraries out of the console and
+  the log file."""
+  return record.levelno >= py_logging.WARNING or not any(
+      library in record.pathname for library in _CHATTY)
 
 
 def _check_finite(step: int, loss: jax.Array) -> None:
@@ -90,16 +109,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Args:
     config: the experiment config, prepared here into the job's settings
       (`training.settings.prepare`) once, with the training split's facts.
-    workdir: where checkpoints, logs, metrics and the export go.
+    workdir: where checkpoints, logs, metrics and the export go: a local folder or an
+      object-store URL (`gs://bucket/run`), the same on every host.
     train_data: (settings, source, per-process batch size, start step) -> the training batches;
       default `input_pipeline.train_dataset`. A benchmark hands the job another stream here.
 
   Returns the final evaluation metrics (NAME/METRIC of each evaluator) and the last training
   metrics.
+
+  Raises:
+    paths.StorageError: `workdir` cannot be written (a missing bucket, no credentials or no
+      permission), before anything else runs.
+    FileNotFoundError: no file at `pretrained_path` or the distillation teacher's path (a
+      `hub.HubError` for a Hub name, naming what the repo holds).
+    preemption.Preempted: a preemption notice stopped the job after saving a checkpoint.
   """
-  with _log_file(workdir):
-    if config.pretrained_path and not os.path.exists(config.pretrained_path):
-      raise FileNotFoundError(f'config.pretrained_path not found: {config.pretrained_path}')
+  paths.probe_writable(workdir)  # Every host, before anything else: fail now, not in an hour.
+  # A SIGTERM from here on (during set-up and compilation too) saves the first step it can.
+  with staging_lib.Staging(workdir) as staging, _log_file(staging.folder), \
+      preemption_lib.Preemption() as preemption:
+    for name, path in (('pretrained_path', config.pretrained_path),
+                       ('distillation.teacher_path',
+                        config.distillation.teacher_path if config.distillation else None)):
+      if path:
+        try:  # Hub names are fetched here (huggingface_hub's cache), once.
+          loader.locate(path)
+        except FileNotFoundError as e:
+          raise FileNotFoundError(f'config.{name} not found: {e}') from e
     mesh = sharding.make_mesh(config.mesh)
     train_source = input_pipeline.get_source(config.dataset, config.train_split,
                                              data_dir=config.data_dir, download=config.download)
@@ -108,12 +144,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         train_examples=train_source.num_examples * jax.process_count()), mesh)
     with jax.set_mesh(mesh):
       return _train_and_evaluate(settings, workdir, mesh, train_source,
-                                 train_data or input_pipeline.train_dataset)
+                                 train_data or input_pipeline.train_dataset, staging,
+                                 preemption)
 
 
 def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
                         mesh: jax.sharding.Mesh, train_source: input_pipeline.Source,
-                        train_data: TrainData) -> dict[str, float]:
+                        train_data: TrainData, staging: staging_lib.Staging,
+                        preemption: preemption_lib.Preemption) -> dict[str, float]:
   """The job of `config`, the job's settings (`training.settings.prepare`)."""
   total_steps = config.total_steps
   model = create_model(config, config.num_classes)
@@ -146,7 +184,8 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
   # Training examples whose image could not be decoded, over the whole run (resumes included).
   skipped_images = workdir_lib.skipped_images_at(workdir, start_step)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(staging.folder,
+                                                just_logging=jax.process_index() > 0)
   if start_step == 0 and jax.process_index() == 0:
     writer.write_hparams(workdir_lib.hparams(config))
     workdir_lib.write_config(workdir, config)
@@ -173,6 +212,8 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
     history.append(metrics)
 
     is_last = step == total_steps
+    # Every host gets the same answer at the same step; the last step is saved anyway.
+    preempted = preemption.reached(step) and not is_last
     if step % config.log_every == 0 or is_last:
       _check_finite(*pending)
       stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *history))
@@ -196,19 +237,27 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
       tick, tick_step = time.time(), step
 
     for evaluator in evaluators:
-      if evaluator.every and (step % evaluator.every == 0 or is_last):
+      if evaluator.every and (step % evaluator.every == 0 or is_last) and not preempted:
         metrics = evaluator(step, state)
         writer.write_scalars(step, {k: v for k, v in metrics.items()
                                     if not evaluators_lib.is_bookkeeping(k)})
         eval_metrics.update(metrics)
 
-    if step % config.checkpoint_every == 0 or is_last:
+    if step % config.checkpoint_every == 0 or is_last or preempted:
       _check_finite(*pending)
+      if preempted:
+        preemption.saving(step)
       workdir_lib.save_checkpoint(manager, step, state)
       workdir_lib.save_skipped_images(workdir, step, skipped_images + sum(
           int(jax.device_get(m.get('skipped', 0))) for m in history))
+      if preempted:
+        manager.wait_until_finished()  # Every host: the step is committed.
+        writer.flush()
+        raise preemption_lib.Preempted(step, workdir)
+      writer.flush()
+      staging.request()  # The log and events as of this checkpoint, copied in the background.
   manager.wait_until_finished()
-  writer.flush()
+  writer.close()
 
   if config.export_npz:
     params, model_state, ema_params, ema_model_state = jax.device_get(sharding.gather(

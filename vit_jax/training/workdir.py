@@ -1,18 +1,23 @@
 """Everything a training job reads from and writes to its workdir (no TensorFlow).
 
+The workdir is a local folder or an object-store URL (`gs://bucket/run`): every file goes
+through `checkpoint.paths`, and Orbax gets `paths.orbax_path`. On a pod all hosts use the same
+workdir on a bucket; they share no local disk.
+
 Resume: `DIR/checkpoints/` holds the Orbax checkpoints of the train state (the last
-`keep_checkpoints` kept), `DIR/skipped_images.json` the count of undecodable training images at
-each of them, and `DIR/config.json` the settings of the run.
+`keep_checkpoints` kept; every host writes its shards, Orbax commits the step once all have),
+`DIR/skipped_images.json` the count of undecodable training images at each of them (written by
+process 0, read by every host at a restart), and `DIR/config.json` the settings of the run.
 
 Export: `DIR/model.npz` holds the final parameters in the original layout, with the model card
-and state sidecar of `models.card` beside it (and `DIR/model_ema.npz` for a weight EMA). Every
-file is written atomically: a reader never sees a half-written model.
+and state sidecar of `models.card` beside it (and `DIR/model_ema.npz` for a weight EMA), written
+by process 0. Every file is written atomically (`paths.atomic_local_path`: a local rename, or one
+upload of the complete object): a reader never sees a half-written model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping, TYPE_CHECKING
 
 from absl import logging
@@ -20,6 +25,7 @@ import jax
 import ml_collections
 
 from vit_jax import checkpoint
+from vit_jax.checkpoint import paths
 from vit_jax.models import card as card_lib
 
 if TYPE_CHECKING:
@@ -41,11 +47,11 @@ def export_final(workdir: str, params: Any, model_state: Any, ema_params: Any | 
   """
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, 'model.npz')
+  path = paths.join(workdir, 'model.npz')
   card_lib.write_model(path, params, model_state, card)
   logging.info('Exported %s with its model card %s', path, card_lib.card_path_for(path))
   if ema_params is not None:
-    ema_path = os.path.join(workdir, 'model_ema.npz')
+    ema_path = paths.join(workdir, 'model_ema.npz')
     card_lib.write_model(ema_path, ema_params,
                          model_state if ema_model_state is None else ema_model_state, card)
     logging.info('Exported the weight EMA to %s', ema_path)
@@ -60,7 +66,7 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # Orbax is imported here, not with the module: the tools that read model cards need none of it.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top,redefined-outer-name
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
+      paths.orbax_path(paths.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(max_to_keep=int(keep), create=True))
 
 
@@ -93,38 +99,37 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any) -> No
   manager.save(step, args=ocp.args.StandardSave(state))
 
 
-def _skipped_path(workdir: str) -> str:
-  return os.path.join(workdir, 'skipped_images.json')
+def _skipped_counts(workdir: str) -> dict[str, int]:
+  """`DIR/skipped_images.json`: {step: count} (empty where there is no file)."""
+  try:
+    return json.loads(paths.read_text(paths.join(workdir, 'skipped_images.json')))
+  except FileNotFoundError:
+    return {}
 
 
 def skipped_images_at(workdir: str, step: int) -> int:
-  """The `skipped_images` count saved with the checkpoint of `step` (0 if none)."""
-  try:
-    with open(_skipped_path(workdir)) as f:
-      return int(json.load(f).get(str(step), 0))
-  except FileNotFoundError:
-    return 0
+  """The `skipped_images` count saved with the checkpoint of `step` (0 if none).
+
+  Every host reads it from the workdir (on a pod, the bucket): hosts share no local file.
+  """
+  return int(_skipped_counts(workdir).get(str(step), 0))
 
 
 def save_skipped_images(workdir: str, step: int, count: int) -> None:
-  """Keeps the count beside the checkpoints (by step: a resumed run may restore any of them)."""
+  """Keeps the count beside the checkpoints (by step: a resumed run may restore any of them).
+
+  Only process 0 writes (every host counts the same global total).
+  """
   if jax.process_index() != 0 or not count:
     return  # No file is a count of 0.
-  path = _skipped_path(workdir)
-  try:
-    with open(path) as f:
-      counts = json.load(f)
-  except FileNotFoundError:
-    counts = {}
+  counts = _skipped_counts(workdir)
   counts[str(step)] = count
-  with checkpoint.atomic_path(path) as tmp, open(tmp, 'w') as f:
-    json.dump(counts, f)
+  paths.write_text(paths.join(workdir, 'skipped_images.json'), json.dumps(counts))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """`DIR/config.json`: the settings the run started with (`training.settings.prepare`)."""
-  with checkpoint.atomic_path(os.path.join(workdir, 'config.json')) as tmp, open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
 def hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

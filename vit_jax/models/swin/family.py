@@ -40,7 +40,8 @@ FAMILY = family.Family(
                        lambda state, num_heads, config: tree.flatten(
                            timm_keys.from_state_dict(state)),
                        lambda flat: timm_keys.to_state_dict(tree.unflatten(flat)),
-                       gelu_approximate=False, buffers=timm_keys.BUFFERS),
+                       gelu_approximate=False, buffers=timm_keys.BUFFERS,
+                       names=timm_keys.TIMM_NAMES),
     torch_model=lambda config, *, image_size=None, gelu_approximate=False: (
         torch_model.timm_swin(config, image_size=image_size)),
 )

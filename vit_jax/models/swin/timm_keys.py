@@ -28,6 +28,12 @@ Params = dict[str, Any]
 StateDict = dict[str, np.ndarray]
 
 TABLE = 'relative_position_bias_table'
+# timm's architecture names (a timm repo's `config.json` `architecture`) -> zoo names.
+TIMM_NAMES = {
+    'swin_tiny_patch4_window7_224': 'Swin-T', 'swin_small_patch4_window7_224': 'Swin-S',
+    'swin_base_patch4_window7_224': 'Swin-B', 'swin_base_patch4_window12_384': 'Swin-B-384',
+    'swin_large_patch4_window7_224': 'Swin-L', 'swin_large_patch4_window12_384': 'Swin-L-384',
+}
 BUFFERS = ('relative_position_index', 'attn_mask')
 # Every parameter key of a Swin state dict (either layout), after dropping buffers.
 _KEY_RES = tuple(re.compile(pattern) for pattern in (

@@ -63,7 +63,7 @@ FAMILY = family.Family(
     config_from_params=architecture.config_from_params,
     # timm's ViTs run the exact GELU.
     timm=family.KeyMap(timm_keys.is_timm_vit, _from_timm, timm_keys.to_timm,
-                       gelu_approximate=False),
+                       gelu_approximate=False, names=timm_keys.TIMM_NAMES),
     hf=family.KeyMap(hf_keys.is_hf_vit, _from_hf, lambda flat: hf_keys.to_hf(flat)[0]),
     torch_model=lambda config, *, image_size, gelu_approximate: torch_model.timm_vit(
         config, image_size=image_size, gelu_approximate=gelu_approximate),

@@ -39,6 +39,28 @@ _BLOCK_OPTIONS = (('ls1/scale', 'ls1.gamma'), ('ls2/scale', 'ls2.gamma'),
                   ('qk_norm/key_norm/bias', 'attn.k_norm.bias'))
 
 
+# timm's architecture names (a timm repo's `config.json` `architecture`) -> zoo names. timm
+# names a resolution; the zoo entry does not (the file's position embedding gives it).
+TIMM_NAMES = {
+    **{f'vit_{size}_patch{patch}_{res}': f'ViT-{zoo}_{patch}'
+       for size, zoo, patch, resolutions in (
+           ('tiny', 'Ti', 16, (224, 384)), ('small', 'S', 16, (224, 384)),
+           ('small', 'S', 32, (224, 384)), ('base', 'B', 8, (224,)),
+           ('base', 'B', 16, (224, 384)), ('base', 'B', 32, (224, 384)),
+           ('large', 'L', 16, (224, 384)), ('large', 'L', 32, (224, 384)),
+           ('huge', 'H', 14, (224,)))
+       for res in resolutions},
+    'deit_tiny_patch16_224': 'ViT-Ti_16', 'deit_tiny_distilled_patch16_224': 'ViT-Ti_16',
+    'deit_small_patch16_224': 'ViT-S_16', 'deit_small_distilled_patch16_224': 'ViT-S_16',
+    'deit_base_patch16_224': 'ViT-B_16', 'deit_base_distilled_patch16_224': 'ViT-B_16',
+    'deit_base_patch16_384': 'ViT-B_16', 'deit_base_distilled_patch16_384': 'ViT-B_16',
+    'vit_base_r50_s16_224': 'R50+ViT-B_16', 'vit_base_r50_s16_384': 'R50+ViT-B_16',
+    'vit_base_r26_s32_224': 'R26+ViT-B_32',
+    'vit_small_r26_s32_224': 'R26+ViT-S_32', 'vit_small_r26_s32_384': 'R26+ViT-S_32',
+    'vit_large_r50_s32_224': 'R50+ViT-L_32', 'vit_large_r50_s32_384': 'R50+ViT-L_32',
+    'vit_tiny_r_s16_p8_224': 'R+ViT-Ti_16', 'vit_tiny_r_s16_p8_384': 'R+ViT-Ti_16',
+}
+
 # Heads of the ViT zoo by width, for files that do not say (timm's fused qkv hides them).
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
