@@ -43,9 +43,6 @@ ALLOWED = {
                                  'paths'),
     'vit_jax/benchmarking/resume.py': 'generated images in a temporary folder',
     'vit_jax/benchmarking/preprocess_speed.py': 'generated images in a temporary folder',
-    # aot/ is issue 28's: its --json report and HLO dumps still use open (to wire at merge).
-    'vit_jax/aot/__main__.py': 'the --json report (local; issue 28 owns aot/)',
-    'vit_jax/aot/compile_job.py': 'HLO dumps (local; issue 28 owns aot/)',
 }
 
 

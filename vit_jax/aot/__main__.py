@@ -27,6 +27,7 @@ from ml_collections import config_flags
 from vit_jax.aot import compile_job
 from vit_jax.aot import fit as fit_lib
 from vit_jax.aot import targets
+from vit_jax.checkpoint import paths
 from vit_jax.training import config_args
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -62,8 +63,7 @@ def main(argv):
     return 2
   print(compile_job.format_report(report), flush=True)
   if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
-      f.write(report.to_json())
+    paths.write_text(_JSON.value, report.to_json())  # Local or gs://, written whole.
   return 0 if report.fits else 1
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from vit_jax.aot import hlo
 from vit_jax.aot import targets
 from vit_jax.benchmarking import flops as flops_lib
+from vit_jax.checkpoint import paths
 from vit_jax.data import labels
 from vit_jax.models import layers
 from vit_jax.training import distill
@@ -310,8 +311,7 @@ def _save_executable(compiled: Any, path: str) -> bool:
   except Exception as e:  # pylint: disable=broad-except
     logging.warning('Could not serialize the executable for reuse: %s', e)
     return False
-  with open(path, 'wb') as f:
-    pickle.dump(payload, f)
+  paths.write_bytes(path, pickle.dumps(payload))  # Local or gs://, written whole.
   return True
 
 
