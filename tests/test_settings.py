@@ -84,6 +84,8 @@ def test_an_evaluator_of_its_own_data_keeps_it():
      r'config.evals.test.ema is True but .*config.ema_decay'),
     (lambda c: c.evals.test.update(batch_size=0), r'config.evals.test.batch_size=0 is not'),
     (lambda c: c.update(nonsense=1), r'Unknown config field config.nonsense'),
+    (lambda c: c.update(checkpoint_every=-1), r'config.checkpoint_every=-1 must be 0 \(no '),
+    (lambda c: c.update(log_every=0), r'config.log_every=0 must be at least 1'),
     (lambda c: c.optimizer.update(nonsense=1), r'Unknown config field config.optimizer.nonsense'),
 ])
 def test_bad_settings_are_named(change, match):

@@ -193,6 +193,12 @@ def test_a_checkpoint_of_another_state_layout_is_refused_by_name(tmp_path):
     workdir.restore_latest(manager, state, jax.tree.map(lambda x: x.sharding, state))
 
 
+def test_checkpoint_every_0_saves_only_the_last_step(tmp_path, data_overrides):
+  config = make_config(data_overrides, total_steps=5, checkpoint_every=0, export_npz=False)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(s for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == ['5']
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(tmp_path, data_overrides):
   config = make_config(data_overrides, total_steps=8, checkpoint_every=2)
   config.lr.base = 1e30  # Diverges within a few steps.

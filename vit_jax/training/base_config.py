@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Bookkeeping.
   config.log_every = 50
+  # 0: no periodic checkpoints; the last step and a preemption (SIGTERM) still save one.
   config.checkpoint_every = 1000
   config.keep_checkpoints = 3
   config.export_npz = True  # Also write the final parameters as an original-format .npz.

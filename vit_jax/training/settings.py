@@ -64,7 +64,8 @@ def prepare(config: ml_collections.ConfigDict, data: DataFacts,
   Raises:
     ValueError: a field `base_config` does not declare (a removed one names its replacement), an
       evaluator of an unknown type or with an unknown field, `ema` without `ema_decay`, fewer
-      classes than the data has, or a batch size the mesh and processes do not divide.
+      classes than the data has, a batch size the mesh and processes do not divide, or a
+      negative step interval.
   """
   fields = config.to_dict()
   _check_fields(fields)
@@ -85,7 +86,17 @@ def prepare(config: ml_collections.ConfigDict, data: DataFacts,
   fields['evals'] = {name: _evaluator(name, entry, fields)
                      for name, entry in fields['evals'].items()}
   _check_batches(fields, mesh)
+  _check_intervals(fields)
   return ml_collections.FrozenConfigDict(fields)
+
+
+def _check_intervals(fields: dict[str, Any]) -> None:
+  """Step intervals: `log_every` at least 1; `checkpoint_every` 0 (off) or more."""
+  if fields['log_every'] < 1:
+    raise ValueError(f'config.log_every={fields["log_every"]} must be at least 1')
+  if fields['checkpoint_every'] < 0:
+    raise ValueError(f'config.checkpoint_every={fields["checkpoint_every"]} must be 0 (no '
+                     'periodic checkpoints: the last step and a preemption still save) or more')
 
 
 def _check_fields(fields: dict[str, Any]) -> None:

@@ -243,7 +243,8 @@ def _train_and_evaluate(config: ml_collections.FrozenConfigDict, workdir: str,
                                     if not evaluators_lib.is_bookkeeping(k)})
         eval_metrics.update(metrics)
 
-    if step % config.checkpoint_every == 0 or is_last or preempted:
+    periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+    if periodic or is_last or preempted:
       _check_finite(*pending)
       if preempted:
         preemption.saving(step)
